@@ -1,0 +1,5 @@
+"""``python -m minitron`` runs the CLI."""
+
+from minitron.cli import app
+
+app()

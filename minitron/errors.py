@@ -1,0 +1,8 @@
+"""The one exception type the CLI turns into a one-line error and exit code 2."""
+
+
+class MinitronError(Exception):
+    """A problem with the user's input: bad model spec, bad recipe, bad output path.
+
+    The message is shown to the user as-is, on one line, without a traceback.
+    """
