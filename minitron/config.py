@@ -1,0 +1,283 @@
+"""Typed configs: frozen dataclasses filled from YAML recipes, checked strictly.
+
+A recipe is a YAML mapping whose keys mirror a config dataclass. Loading it
+checks every key and type: an unknown key, a wrong type or a bad choice is a
+``MinitronError`` naming the key, never a silent default. ``--set a.b=v``
+overrides are applied to the raw mapping first, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from minitron.errors import MinitronError
+
+T = TypeVar("T")
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where calibration and held-out text come from, and how much of it.
+
+    Attributes:
+        source: ``stdlib`` (the embedded corpus of Python standard-library
+            docstrings), a local ``.txt``/``.jsonl``/``.parquet`` file or a folder of
+            them, or a Hugging Face Hub dataset id.
+        subset: Hub dataset configuration name (e.g. ``wikitext-2-raw-v1``).
+        split: Hub dataset split.
+        text_column: Column (or JSON key) holding the text.
+        streaming: Stream a Hub dataset instead of downloading it whole.
+        samples: Calibration sequences.
+        heldout: Held-out sequences, used only to report perplexity.
+        seq_len: Tokens per packed sequence.
+        batch_size: Sequences per forward pass.
+        seed: Seed for the order documents are read in.
+    """
+
+    source: str = "stdlib"
+    subset: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False
+    samples: int = 32
+    heldout: int = 16
+    seq_len: int = 256
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise MinitronError(f"data.{name} must be at least 1 (got {getattr(self, name)})")
+        if self.seq_len < 2:
+            raise MinitronError(f"data.seq_len must be at least 2 (got {self.seq_len})")
+        if self.heldout < 0:
+            raise MinitronError(f"data.heldout must be 0 or more (got {self.heldout})")
+
+
+def parse_config(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types.
+
+    Args:
+        cls: A dataclass type whose fields may be scalars, ``X | None``,
+            ``Literal[...]``, ``list[X]`` or nested dataclasses.
+        data: The mapping (usually parsed YAML).
+        where: Prefix for error messages, e.g. the recipe path.
+
+    Returns:
+        A new ``cls`` instance.
+
+    Raises:
+        MinitronError: On an unknown or missing key, a wrong type, or a value
+            the class's own ``__post_init__`` rejects.
+    """
+    label = f"{where}: " if where else ""
+    if not isinstance(data, Mapping):
+        raise MinitronError(f"{label}expected a mapping of keys, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise MinitronError(f"{label}unknown key '{key}' (known keys: {', '.join(fields)})")
+    values = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], f"{label}{name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise MinitronError(f"{label}missing required key '{name}'")
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``hint``; return it (nested dataclasses built)."""
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except MinitronError as err:
+                errors.append(str(err))
+        raise MinitronError(errors[0] if len(errors) == 1 else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise MinitronError(
+                f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})"
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise MinitronError(f"{key} must be a list (got {value!r})")
+        (item,) = get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return parse_config(hint, value if value is not None else {}, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise MinitronError(f"{key} must be {hint.__name__} (got {value!r})")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise MinitronError(f"{key} must be {hint.__name__} (got {value!r})")
+    return value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``a.b=value`` overrides applied.
+
+    Values are parsed as YAML, so ``16`` is an int, ``[1, 2]`` a list and
+    ``null`` is None. Unknown keys are left for ``parse_config`` to reject.
+    """
+    result = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MinitronError(f"--set expects key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = result
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+    return result
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MinitronError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise MinitronError(f"{path}: not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MinitronError(f"{path}: a recipe must be a mapping of keys")
+    return data
+
+
+def load_recipe(path: str | Path, cls: type[T], overrides: Sequence[str] = ()) -> T:
+    """Read a recipe YAML into config ``cls``, applying ``--set`` overrides."""
+    return parse_config(cls, apply_overrides(read_yaml(path), overrides), str(path))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+Metric = Literal["bi", "angular", "loss"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceConfig:
+    """``minitron importance``: score how much each layer and block matters.
+
+    Attributes:
+        model: Model spec (embedded alias, local folder, ``.gguf`` or Hub id).
+        metric: ``bi``, ``angular`` or ``loss`` (see ``minitron.importance``).
+        block_size: Layers per contiguous block scored besides single layers.
+        data: Calibration text.
+        output: Output folder; default ``runs/importance/<model>-<metric>``.
+        dtype: Compute dtype; ``auto`` is bfloat16 on CUDA, float32 on CPU.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        trust_remote_code: Allow a Hub model's own code to run.
+    """
+
+    model: str = "smollm2-135m"
+    metric: Metric = "loss"
+    block_size: int = 1
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    output: str | None = None
+    dtype: Dtype = "auto"
+    device: Device = "auto"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise MinitronError(f"block_size must be at least 1 (got {self.block_size})")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """``minitron prune``: drop decoder layers (Minitron depth pruning).
+
+    Give either ``drop_layers`` (explicit 0-indexed layers) or ``target_layers``
+    with a ``method``: ``contiguous`` drops the least important block of
+    ``L - target_layers`` layers (the Minitron paper's choice), ``individual``
+    the ``L - target_layers`` least important single layers (ShortGPT's).
+
+    Attributes:
+        parent: Model spec of the model to prune.
+        target_layers: Layers to keep.
+        drop_layers: 0-indexed layers to drop; excludes ``method``.
+        method: ``contiguous`` (default when ``drop_layers`` is absent) or ``individual``.
+        metric: Importance metric for ``method``.
+        scores: A ``scores.json`` from ``minitron importance`` to reuse instead of scoring.
+        data: Calibration text for scoring, held-out text for perplexity.
+        perplexity: Report held-out perplexity of the parent and the pruned model.
+        output: Output folder; default ``runs/<recipe folder>/<recipe name>``.
+        dtype: Compute dtype; weights are saved in the parent's own dtype.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        trust_remote_code: Allow a Hub model's own code to run.
+    """
+
+    parent: str
+    target_layers: int | None = None
+    drop_layers: list[int] | None = None
+    method: Literal["contiguous", "individual"] | None = None
+    metric: Metric = "loss"
+    scores: str | None = None
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    perplexity: bool = True
+    output: str | None = None
+    dtype: Dtype = "auto"
+    device: Device = "auto"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.drop_layers is not None and self.method is not None:
+            raise MinitronError("give either drop_layers or method, not both")
+        if self.drop_layers is None and self.target_layers is None:
+            raise MinitronError("give target_layers (with a method) or drop_layers")
+        if self.target_layers is not None and self.target_layers < 1:
+            raise MinitronError(f"target_layers must be at least 1 (got {self.target_layers})")
+        if self.drop_layers is not None and len(set(self.drop_layers)) != len(self.drop_layers):
+            raise MinitronError(f"drop_layers lists a layer twice: {self.drop_layers}")
+
+    @property
+    def selection(self) -> str:
+        """``explicit``, ``contiguous`` or ``individual``."""
+        if self.drop_layers is not None:
+            return "explicit"
+        return self.method or "contiguous"
