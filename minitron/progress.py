@@ -1,0 +1,68 @@
+"""Progress bars and spinners for long work, drawn by rich on stderr.
+
+stdout stays free for results (``--json`` output), so bars never mix with them.
+Bars and spinners opened inside each other share one live display (rich
+allows only one at a time), each as a line of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+_live: list[Progress] = []  # the one shared display while any task is open
+
+
+@contextlib.contextmanager
+def _task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    if not _live:
+        display = Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,  # no spinner debris in logs and pipes
+        )
+        _live.append(display)
+        try:
+            with display, _task(description, total) as advance:
+                yield advance
+        finally:
+            _live.clear()
+        return
+    display = _live[0]
+    task = display.add_task(description, total=total)
+    try:
+        yield lambda n=1: display.advance(task, n)
+    finally:
+        display.remove_task(task)
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Show a bar for ``total`` steps; yield ``advance(n)`` to move it."""
+    with _task(description, total) as advance:
+        yield advance
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner with ``message`` while a step of unknown length runs."""
+    with _task(message, None):
+        yield

@@ -1,0 +1,85 @@
+"""Model specs and atomic output folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from minitron.errors import MinitronError
+from minitron.io import (
+    atomic_output_dir,
+    cache_root,
+    check_output_dir,
+    load_config,
+    load_model,
+    resolve_model,
+)
+
+
+def test_resolve_model_kinds(tmp_path, tiny_checkpoint):
+    assert resolve_model("smollm2-135m").kind == "embedded"
+    assert resolve_model(str(tiny_checkpoint)).kind == "local"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model(str(gguf)).kind == "gguf"
+    assert resolve_model("meta-llama/Llama-3.1-8B").kind == "hub"
+
+
+@pytest.mark.parametrize("spec", ["./nope", "/no/such/dir", "nope.gguf", "a/b/c", ""])
+def test_missing_paths_are_errors(spec):
+    with pytest.raises(MinitronError, match="model not found"):
+        resolve_model(spec)
+
+
+def test_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(MinitronError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_unreachable_hub_model_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MinitronError, match="could not load model 'nobody/no-such-model'") as err:
+        load_config("nobody/no-such-model")
+    assert "\n" not in str(err.value)
+
+
+def test_load_local_checkpoint(tiny_checkpoint):
+    model, tokenizer = load_model(str(tiny_checkpoint))
+    assert not model.training
+    assert model.config.num_hidden_layers == 6 and tokenizer.eos_token_id == 1
+
+
+def test_cache_root_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINITRON_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv("MINITRON_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "x" / "minitron"
+
+
+def test_atomic_output_dir_success_and_overwrite(tmp_path):
+    target = tmp_path / "runs" / "out"
+    with atomic_output_dir(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not target.exists()
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(MinitronError, match="output folder exists"):
+        check_output_dir(target, overwrite=False)
+    with atomic_output_dir(target, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out"]  # no temporaries left
+
+
+def test_atomic_output_dir_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(RuntimeError), atomic_output_dir(target) as tmp:
+        (tmp / "partial").write_text("x")
+        raise RuntimeError("boom")
+    assert not (tmp_path / "new").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(MinitronError, match="not a folder"):
+        check_output_dir(tmp_path / "f", overwrite=True)
