@@ -1,0 +1,181 @@
+"""Text data: read documents from a source, tokenize, pack into fixed-length sequences.
+
+Sources (``DataConfig.source``):
+- ``stdlib``: the embedded corpus (see ``minitron.corpus``), offline everywhere.
+- a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, or a folder of them.
+- anything else: a Hugging Face Hub dataset id (``subset``, ``split``,
+  ``text_column``, ``streaming``).
+
+Documents are tokenized, joined with the EOS token and cut into sequences of
+``seq_len`` tokens. The first ``samples`` sequences are the calibration set, the
+next ``heldout`` the held-out set used only to report perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minitron.config import DataConfig
+from minitron.corpus import stdlib_documents
+from minitron.errors import MinitronError
+
+FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
+@dataclass
+class TextData:
+    """Packed token sequences.
+
+    Attributes:
+        calibration: ``[samples, seq_len]`` token ids for scoring.
+        heldout: ``[heldout, seq_len]`` token ids for perplexity only.
+        info: What was read (source, counts), for the records written to disk.
+    """
+
+    calibration: torch.Tensor
+    heldout: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def batches(tokens: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split ``[N, T]`` token ids into ``[<=batch_size, T]`` batches."""
+    return list(torch.split(tokens, batch_size)) if len(tokens) else []
+
+
+def iter_documents(config: DataConfig) -> Iterator[str]:
+    """Yield the text documents of ``config.source``, one string each."""
+    source = config.source
+    if source == "stdlib":
+        yield from stdlib_documents(seed=config.seed)
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        yield from _file_documents(path, config.text_column)
+        return
+    if source.startswith((".", "/", "~")) or Path(source).suffix in FILE_SUFFIXES:
+        raise MinitronError(f"data not found: {source}")
+    yield from _hub_documents(config)
+
+
+def _file_documents(path: Path, column: str) -> Iterator[str]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES)
+        if not files:
+            raise MinitronError(f"no .txt, .jsonl or .parquet files in {path}")
+    elif path.suffix in FILE_SUFFIXES:
+        files = [path]
+    else:
+        raise MinitronError(f"unsupported data file {path} (use .txt, .jsonl or .parquet)")
+    for file in files:
+        if file.suffix == ".txt":
+            yield file.read_text(encoding="utf-8", errors="replace")
+        elif file.suffix == ".jsonl":
+            yield from _jsonl_texts(file, column)
+        else:
+            yield from _parquet_texts(file, column)
+
+
+def _jsonl_texts(file: Path, column: str) -> Iterator[str]:
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise MinitronError(f"{file}:{number}: not valid JSON") from None
+            if not isinstance(record, dict) or column not in record:
+                raise MinitronError(f"{file}:{number}: no '{column}' key (set data.text_column)")
+            yield str(record[column])
+
+
+def _parquet_texts(file: Path, column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq  # ships with datasets
+
+    table = pq.read_table(file)
+    if column not in table.column_names:
+        raise MinitronError(
+            f"{file}: no column '{column}' (columns: {', '.join(table.column_names)})"
+        )
+    for value in table.column(column).to_pylist():
+        if value:
+            yield str(value)
+
+
+def _hub_documents(config: DataConfig) -> Iterator[str]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(
+            config.source, config.subset, split=config.split, streaming=config.streaming
+        )
+    except Exception as err:  # datasets raises many types; the user needs one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MinitronError(f"could not load dataset '{config.source}': {first}") from None
+    columns = dataset.column_names or []
+    if columns and config.text_column not in columns:
+        raise MinitronError(
+            f"dataset '{config.source}' has no column '{config.text_column}' "
+            f"(columns: {', '.join(columns)}; set data.text_column)"
+        )
+    for row in dataset:
+        text = row[config.text_column]
+        if text:
+            yield str(text)
+
+
+def pack(documents: Iterable[str], tokenizer: Any, seq_len: int, count: int) -> torch.Tensor:
+    """Tokenize documents and pack them into ``count`` sequences of ``seq_len`` tokens.
+
+    Documents are separated by the EOS token; reading stops as soon as enough
+    tokens are in hand, so a large corpus is never tokenized whole.
+
+    Returns:
+        ``[n, seq_len]`` int64 token ids, ``n <= count`` (fewer if text runs out).
+    """
+    needed = seq_len * count
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for text in documents:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            stream.append(eos)
+        if len(stream) >= needed:
+            break
+    n = min(count, len(stream) // seq_len)
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def load_text_data(config: DataConfig, tokenizer: Any) -> TextData:
+    """Read, tokenize and pack ``config.source`` into calibration and held-out sets.
+
+    Raises:
+        MinitronError: If the source is missing or gives too little text.
+    """
+    total = config.samples + config.heldout
+    tokens = pack(iter_documents(config), tokenizer, config.seq_len, total)
+    if len(tokens) < total:
+        raise MinitronError(
+            f"data '{config.source}' gave {len(tokens)} sequences of {config.seq_len} tokens, "
+            f"need {total} (data.samples={config.samples} + data.heldout={config.heldout})"
+        )
+    info = {
+        "source": config.source,
+        "subset": config.subset,
+        "split": config.split,
+        "samples": config.samples,
+        "heldout": config.heldout,
+        "seq_len": config.seq_len,
+        "calibration_tokens": config.samples * config.seq_len,
+        "seed": config.seed,
+    }
+    if config.source == "stdlib":
+        info["python"] = sys.version.split()[0]
+    return TextData(tokens[: config.samples], tokens[config.samples :], info)
