@@ -1,0 +1,153 @@
+"""Access to the decoder stack of a Llama-family causal LM, layer by layer.
+
+``trace`` runs the model once and records the residual stream between layers
+together with the keyword arguments the model passed its layers (rotary
+embeddings, causal mask, positions). ``run_layers`` then replays any subset of
+layers from any recorded point, which is what lets importance scoring reuse an
+unchanged prefix instead of re-running it. The model's own forward is used for
+the trace, so masks and rotary settings are always the model's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minitron.errors import MinitronError
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack (``model.model`` for Llama): has ``layers`` and ``norm``."""
+    inner = getattr(model, "model", None)
+    if inner is None or not isinstance(getattr(inner, "layers", None), nn.ModuleList):
+        raise MinitronError(
+            f"{type(model).__name__} is not a Llama-family causal LM (no model.layers)"
+        )
+    return inner
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder layers, in order."""
+    return decoder(model).layers
+
+
+@dataclass
+class Trace:
+    """The residual stream of one batch.
+
+    Attributes:
+        hidden: ``L + 1`` tensors ``[B, T, H]``; ``hidden[i]`` enters layer ``i`` and
+            ``hidden[L]`` leaves the last layer (before the final norm). Empty when
+            the trace was streamed to a callback instead of kept.
+        layer_kwargs: Keyword arguments the model passes every decoder layer.
+    """
+
+    hidden: list[torch.Tensor]
+    layer_kwargs: dict[str, Any]
+
+
+@torch.no_grad()
+def trace(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    on_state: Callable[[int, torch.Tensor], None] | None = None,
+    keep: bool = True,
+) -> Trace:
+    """Run ``model`` on ``input_ids`` [B, T] once, recording the residual stream.
+
+    Args:
+        model: A Llama-family causal LM; not changed.
+        input_ids: ``[B, T]`` token ids.
+        on_state: Called as ``on_state(i, hidden)`` for ``i = 0..L`` as each
+            residual state becomes available (for streaming statistics).
+        keep: Keep every state in the returned ``Trace`` (needed to replay).
+
+    Returns:
+        The ``Trace`` of this batch.
+    """
+    layers = decoder_layers(model)
+    states: list[torch.Tensor] = []
+    captured: dict[str, Any] = {}
+
+    def record(index: int, hidden: torch.Tensor) -> None:
+        if keep:
+            states.append(hidden)
+        if on_state is not None:
+            on_state(index, hidden)
+
+    def before(index: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                captured.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            record(index, hidden)
+
+        return hook
+
+    def after_last(_module, _args, _kwargs, output):
+        record(len(layers), _first(output))
+
+    handles = [
+        layer.register_forward_pre_hook(before(i), with_kwargs=True)
+        for i, layer in enumerate(layers)
+    ]
+    handles.append(layers[-1].register_forward_hook(after_last, with_kwargs=True))
+    try:
+        decoder(model)(input_ids=input_ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Trace(states, captured)
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A layer's hidden-state output (older transformers return a tuple)."""
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+@torch.no_grad()
+def run_layers(
+    model: nn.Module, hidden: torch.Tensor, layer_kwargs: dict[str, Any], indices: Iterable[int]
+) -> torch.Tensor:
+    """Apply decoder layers ``indices`` in order to ``hidden`` [B, T, H]."""
+    layers = decoder_layers(model)
+    for i in indices:
+        hidden = _first(layers[i](hidden, **layer_kwargs))
+    return hidden
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood and the number of predictions.
+
+    Args:
+        logits: ``[B, T, V]`` scores for each position.
+        input_ids: ``[B, T]`` the tokens; position ``t`` predicts token ``t + 1``.
+    """
+    predicted = logits[:, :-1].reshape(-1, logits.shape[-1])  # [B*(T-1), V]
+    targets = input_ids[:, 1:].reshape(-1).to(predicted.device)  # [B*(T-1)]
+    nll = F.cross_entropy(predicted.float(), targets, reduction="sum")
+    return nll.item(), targets.numel()
+
+
+@torch.no_grad()
+def head_nll(
+    model: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, chunk_tokens: int = 1024
+) -> tuple[float, int]:
+    """NLL of ``input_ids`` [B, T] from a residual state [B, T, H] leaving the last layer.
+
+    Only the ``T - 1`` predicting positions go through the LM head, in chunks of
+    about ``chunk_tokens`` tokens, so ``[chunk, V]`` logits are the largest
+    temporary (a whole batch of 128k-vocab logits would be gigabytes).
+    """
+    states = decoder(model).norm(hidden[:, :-1]).reshape(-1, hidden.shape[-1])  # [B*(T-1), H]
+    targets = input_ids[:, 1:].reshape(-1).to(states.device)  # [B*(T-1)]
+    total = 0.0
+    for rows, labels in zip(states.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
+        logits = model.lm_head(rows)  # [chunk, V]
+        total += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+    return total, targets.numel()
