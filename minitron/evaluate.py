@@ -1,0 +1,30 @@
+"""Held-out perplexity of a causal LM."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from minitron.layers import token_nll
+from minitron.progress import progress
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, batches: Sequence[torch.Tensor], label: str = "") -> float:
+    """``exp`` of the mean next-token loss over every predicted token of ``batches``.
+
+    Does not change the model. Each batch is ``[B, T]`` token ids.
+    """
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with progress(f"perplexity {label}".strip(), len(batches)) as advance:
+        for ids in batches:
+            ids = ids.to(device)
+            nll, predicted = token_nll(model(input_ids=ids, use_cache=False).logits, ids)
+            total += nll
+            count += predicted
+            advance(1)
+    return math.exp(total / count)
