@@ -41,7 +41,7 @@ class DataConfig:
         heldout: Held-out sequences, used only to report perplexity.
         seq_len: Tokens per packed sequence.
         batch_size: Sequences per forward pass.
-        seed: Seed for the order documents are read in.
+        seed: Seed for the order ``stdlib`` modules are read in.
     """
 
     source: str = "stdlib"
@@ -56,7 +56,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("samples", "seq_len", "batch_size"):
+        for name in ("samples", "batch_size"):
             if getattr(self, name) < 1:
                 raise MinitronError(f"data.{name} must be at least 1 (got {getattr(self, name)})")
         if self.seq_len < 2:
@@ -168,17 +168,37 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for a missing or malformed file."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MinitronError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506
+    except UnicodeDecodeError:
+        raise MinitronError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise MinitronError(f"{path}: not valid YAML{at}") from None
+        problem = getattr(err, "problem", None) or ""
+        if "given twice" in problem:
+            raise MinitronError(f"{path}: {problem}{at}") from None
+        raise MinitronError(f"{path}: not valid YAML{at} ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -208,7 +228,6 @@ class ImportanceConfig:
         metric: ``bi``, ``angular`` or ``loss`` (see ``minitron.importance``).
         block_size: Layers per contiguous block scored besides single layers.
         data: Calibration text.
-        output: Output folder; default ``runs/importance/<model>-<metric>``.
         dtype: Compute dtype; ``auto`` is bfloat16 on CUDA, float32 on CPU.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         trust_remote_code: Allow a Hub model's own code to run.
@@ -218,7 +237,6 @@ class ImportanceConfig:
     metric: Metric = "loss"
     block_size: int = 1
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    output: str | None = None
     dtype: Dtype = "auto"
     device: Device = "auto"
     trust_remote_code: bool = False
@@ -272,6 +290,8 @@ class PruneConfig:
             raise MinitronError("give target_layers (with a method) or drop_layers")
         if self.target_layers is not None and self.target_layers < 1:
             raise MinitronError(f"target_layers must be at least 1 (got {self.target_layers})")
+        if self.drop_layers is not None and self.scores is not None:
+            raise MinitronError("scores are only used with a method, not with drop_layers")
         if self.drop_layers is not None and len(set(self.drop_layers)) != len(self.drop_layers):
             raise MinitronError(f"drop_layers lists a layer twice: {self.drop_layers}")
 

@@ -103,9 +103,16 @@ def check_request(config: PruneConfig, num_layers: int) -> None:
         )
 
 
+def drop_count(config: PruneConfig, num_layers: int) -> int:
+    """How many layers the recipe removes from a ``num_layers``-layer parent."""
+    if config.drop_layers is not None:
+        return len(config.drop_layers)
+    return num_layers - config.target_layers
+
+
 def scores_block_size(config: PruneConfig, num_layers: int) -> int:
     """The block size the recipe's method needs scores for."""
-    return num_layers - config.target_layers if config.selection == "contiguous" else 1
+    return drop_count(config, num_layers) if config.selection == "contiguous" else 1
 
 
 def plan_depth(
@@ -113,37 +120,45 @@ def plan_depth(
 ) -> DepthPlan:
     """Choose the layers to drop, from the recipe and (for a method) scores."""
     check_request(config, num_layers)
+    count = drop_count(config, num_layers)
     if config.selection == "explicit":
         dropped = sorted(config.drop_layers)
         reason = "explicit drop_layers"
+    elif scores is None:
+        raise MinitronError(f"method '{config.selection}' needs importance scores")
+    elif config.selection == "individual" or count == 1:
+        dropped = scores.least_important_layers(count)
+        reason = f"{count} individually least important layer(s) by {scores.metric}"
+    elif scores.block_size == count:
+        dropped = scores.block(scores.least_important_block())
+        reason = f"least important contiguous block of {count} by {scores.metric}"
     else:
-        if scores is None:
-            raise MinitronError(f"method '{config.selection}' needs importance scores")
-        count = num_layers - config.target_layers
-        if config.selection == "contiguous":
-            start = scores.least_important_block()
-            dropped = scores.block(start)
-            reason = f"least important contiguous block of {count} by {scores.metric}"
-        else:
-            dropped = scores.least_important_layers(count)
-            reason = f"{count} individually least important layers by {scores.metric}"
+        raise MinitronError(
+            f"scores have blocks of {scores.block_size} layers; dropping {count} layers "
+            f"needs blocks of {count} (minitron importance --block-size {count})"
+        )
     kept = [i for i in range(num_layers) if i not in set(dropped)]
+    assert len(dropped) == count, (dropped, count)
     return DepthPlan(num_layers, kept, dropped, reason)
 
 
 def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> ImportanceResult:
     """Read a ``scores.json`` and check it fits the recipe and the parent."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MinitronError(f"scores file not found: {path}")
+    not_scores = MinitronError(f"{path}: not a scores.json written by minitron importance")
     try:
-        result = ImportanceResult.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError):
-        raise MinitronError(f"{path}: not a scores.json written by minitron importance") from None
+        result = ImportanceResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError):
+        raise not_scores from None
     if result.num_layers != num_layers:
         raise MinitronError(
             f"{path}: scores are for {result.num_layers} layers, the parent has {num_layers}"
         )
+    blocks = num_layers - result.block_size + 1
+    if len(result.layers) != num_layers or len(result.blocks) != blocks:
+        raise not_scores
     if result.metric != config.metric:
         raise MinitronError(
             f"{path}: scores use metric '{result.metric}', recipe asks for '{config.metric}'"
@@ -157,39 +172,43 @@ def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> Impor
     return result
 
 
+def _prepare(config: PruneConfig) -> tuple[Any, int, ImportanceResult | None]:
+    """Everything checkable without weights: parent config, layer count, scores file."""
+    parent_config = load_config(config.parent, config.trust_remote_code)
+    num_layers = parent_config.num_hidden_layers
+    check_request(config, num_layers)
+    scores = load_scores(config.scores, config, num_layers) if config.scores else None
+    return parent_config, num_layers, scores
+
+
 def dry_run(config: PruneConfig) -> dict[str, Any]:
     """Plan a prune from the parent's config alone: no weights are read.
 
     The parent is built on the meta device, so even a 70B config costs
     nothing. Layer choice needs scores: with a method and no ``scores`` file
-    the kept and dropped layers are ``None`` (decided when weights are scored).
+    the kept and dropped layers are ``None`` (decided when weights are
+    scored); the parameter counts are exact either way, as depth pruning
+    removes whole layers of equal size.
     """
     from transformers import AutoModelForCausalLM
 
-    parent_config = load_config(config.parent, config.trust_remote_code)
-    num_layers = parent_config.num_hidden_layers
-    check_request(config, num_layers)
-    scores = load_scores(config.scores, config, num_layers) if config.scores else None
+    parent_config, num_layers, scores = _prepare(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
             parent_config, trust_remote_code=config.trust_remote_code
         )
     params_before = count_parameters(model)
-    count = (
-        len(config.drop_layers)
-        if config.drop_layers is not None
-        else num_layers - config.target_layers
-    )
     plan = (
         plan_depth(config, num_layers, scores) if config.selection == "explicit" or scores else None
     )
-    drop_layers(model, plan.dropped if plan else range(num_layers - count, num_layers))
+    stand_in = range(num_layers - drop_count(config, num_layers), num_layers)
+    drop_layers(model, plan.dropped if plan else stand_in)
     params_after = count_parameters(model)
     return {
         "params_before": params_before,
         "params_after": params_after,
         "layers_before": num_layers,
-        "layers_after": num_layers - count,
+        "layers_after": num_layers - drop_count(config, num_layers),
         "kept_layers": plan.kept if plan else None,
         "dropped_layers": plan.dropped if plan else None,
         "bf16_bytes_before": params_before * 2,
@@ -201,26 +220,24 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     """Prune ``config.parent`` and write the result to ``output``.
 
     Checks the recipe against the parent's config and the output folder
-    before any weights load; writes into a temporary folder renamed on success.
+    before any weights load; writes into a temporary folder renamed on
+    success. The saved weights are exact copies of the parent's kept layers
+    in the parent's dtype, whatever dtype the scoring ran in.
 
     Returns:
         The record also saved as ``prune.json`` in the output folder.
     """
-    output = check_output_dir(output, overwrite)
-    parent_config = load_config(config.parent, config.trust_remote_code)
-    num_layers = parent_config.num_hidden_layers
-    check_request(config, num_layers)
-    scores = load_scores(config.scores, config, num_layers) if config.scores else None
+    output = check_output_dir(output, overwrite, protect=[config.parent])
+    parent_config, num_layers, scores = _prepare(config)
     needs_scores = config.selection != "explicit" and scores is None
     model, tokenizer = load_model(
         config.parent, config.dtype, config.device, config.trust_remote_code
     )
     data = load_text_data(config.data, tokenizer) if needs_scores or config.perplexity else None
     if needs_scores:
+        calibration = batches(data.calibration, config.data.batch_size)
         size = scores_block_size(config, num_layers)
-        scores = compute_importance(
-            model, batches(data.calibration, config.data.batch_size), config.metric, size
-        )
+        scores = compute_importance(model, calibration, config.metric, size)
         scores.data = data.info
     plan = plan_depth(config, num_layers, scores)
     heldout = batches(data.heldout, config.data.batch_size) if data and config.perplexity else []
@@ -244,12 +261,38 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     record["scores"] = scores.to_dict() if scores else None
     record["recipe"] = config_to_dict(config)
     record["minitron_version"] = __version__
+    model = _weights_to_save(model, config, parent_config, plan)
     with atomic_output_dir(output, overwrite) as tmp:
-        model.to(_saved_dtype(parent_config, model)).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prune.json").write_text(json.dumps(record, indent=2) + "\n")
     record["output"] = str(output)
     return record
+
+
+def _weights_to_save(
+    model: nn.Module, config: PruneConfig, parent_config: Any, plan: DepthPlan
+) -> nn.Module:
+    """The pruned model in the parent's dtype, with the parent's exact values.
+
+    Casting back is exact when the compute dtype holds every value of the
+    parent's (same dtype, or float32 compute for 16-bit weights). Otherwise
+    (say bfloat16 compute for float32 weights) the parent is loaded again in
+    its own dtype on the CPU and pruned the same way.
+    """
+    saved = _saved_dtype(parent_config, model)
+    computed = next(model.parameters()).dtype
+    if computed == saved or (computed == torch.float32 and saved in _HALF):
+        return model.to(saved)
+    del model
+    parent, _ = load_model(
+        config.parent, str(saved).removeprefix("torch."), "cpu", config.trust_remote_code
+    )
+    drop_layers(parent, plan.dropped)
+    return parent
+
+
+_HALF = (torch.bfloat16, torch.float16)
 
 
 def _saved_dtype(parent_config: Any, model: nn.Module) -> torch.dtype:

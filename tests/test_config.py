@@ -79,6 +79,14 @@ def test_bad_recipe_files(tmp_path):
     broken.write_text("parent: [unclosed\n")
     with pytest.raises(MinitronError, match="not valid YAML"):
         load_recipe(broken, PruneConfig)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("parent: a\ntarget_layers: 3\nparent: b\n")
+    with pytest.raises(MinitronError, match="key 'parent' given twice at line 3"):
+        load_recipe(twice, PruneConfig)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("parent: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(MinitronError, match="not UTF-8"):
+        load_recipe(latin, PruneConfig)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(MinitronError, match="must be a mapping"):

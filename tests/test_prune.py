@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,70 @@ def test_llama_3_1_8b_minitron_4b_depth_numbers():
     assert report["params_after"] == 4_540_469_248
     assert report["dropped_layers"] == list(range(15, 31))
     assert report["kept_layers"] == [*range(15), 31]
+
+
+def test_dropping_one_layer_uses_single_layer_scores():
+    # A scores file with blocks of 3 must not make a 6 -> 5 prune drop three layers.
+    result = scores(3, [0.9, 0.5, 0.1, 0.8, 0.7, 0.6], [0.4, 0.3, 0.2, 0.5])
+    config = PruneConfig(parent="p", target_layers=5, method="contiguous", metric="bi")
+    plan = plan_depth(config, 6, result)
+    assert plan.dropped == [2] and len(plan.kept) == 5
+
+
+def test_block_size_mismatch_is_an_error():
+    result = scores(3, [0.9, 0.5, 0.1, 0.8, 0.7, 0.6], [0.4, 0.3, 0.2, 0.5])
+    config = PruneConfig(parent="p", target_layers=4, method="contiguous", metric="bi")
+    with pytest.raises(MinitronError, match="needs blocks of 2"):
+        plan_depth(config, 6, result)
+
+
+@pytest.mark.parametrize(
+    "content", ["[1, 2]", "{}", '{"metric": "bi", "num_layers": 6, "block_size": 2}', "{bad"]
+)
+def test_malformed_scores_file(tmp_path, model, content):
+    folder = tmp_path / "config-only"
+    model.config.save_pretrained(folder)
+    (tmp_path / "scores.json").write_text(content)
+    config = PruneConfig(
+        parent=str(folder), target_layers=4, metric="bi", scores=str(tmp_path / "scores.json")
+    )
+    with pytest.raises(MinitronError, match="not a scores.json"):
+        dry_run(config)
+
+
+def test_scores_with_drop_layers_is_an_error():
+    with pytest.raises(MinitronError, match="only used with a method"):
+        PruneConfig(parent="p", drop_layers=[1], scores="s.json")
+
+
+def test_bf16_compute_saves_the_parents_exact_float32_weights(tiny_checkpoint, tmp_path):
+    config = prune_config(tiny_checkpoint, drop_layers=[2], dtype="bfloat16")
+    record = run_prune(config, tmp_path / "out")
+    assert record["perplexity_after"] > 0  # computed in bfloat16
+    parent = tiny_llama()
+    drop_layers(parent, [2])
+    child = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    assert stored_dtypes(tmp_path / "out" / "model.safetensors") == {torch.float32}
+    expected = parent.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in child.state_dict().items())
+
+
+def test_output_cannot_hold_the_parent(tiny_checkpoint):
+    config = prune_config(tiny_checkpoint, drop_layers=[1], perplexity=False)
+    with pytest.raises(MinitronError, match="would replace the input"):
+        run_prune(config, tiny_checkpoint.parent, overwrite=True)
+    assert (tiny_checkpoint / "config.json").is_file()
+
+
+def test_failure_while_saving_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    def broken_save(self, folder, *args, **kwargs):
+        (Path(folder) / "partial.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", broken_save)
+    config = prune_config(tiny_checkpoint, drop_layers=[1], perplexity=False)
+    with pytest.raises(OSError, match="disk full"):
+        run_prune(config, tmp_path / "runs" / "out")
+    assert not (tmp_path / "runs").exists()
