@@ -14,23 +14,25 @@ import json
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minitron.config import DataConfig
 from minitron.data import batches, load_text_data
 from minitron.importance import layer_forward_cost, loss_scores
 from minitron.io import load_model
-from minitron.layers import decoder_layers, token_nll
+from minitron.layers import decoder_layers
 
 
 def mean_loss(model, data):
     total = count = 0
     with torch.no_grad():
         for ids in data:
-            nll, predicted = token_nll(model(ids, use_cache=False).logits, ids)
-            total += nll
-            count += predicted
-    return total / count
+            logits = model(ids, use_cache=False).logits[:, :-1]  # [B, T-1, V]
+            targets = ids[:, 1:]
+            total += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+            count += targets.numel()
+    return total.item() / count
 
 
 def naive_loss_scores(model, data, block_sizes):

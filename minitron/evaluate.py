@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from minitron.layers import token_nll
+from minitron.layers import decoder, head_nll
 from minitron.progress import progress
 
 
@@ -16,14 +16,16 @@ from minitron.progress import progress
 def perplexity(model: nn.Module, batches: Sequence[torch.Tensor], label: str = "") -> float:
     """``exp`` of the mean next-token loss over every predicted token of ``batches``.
 
-    Does not change the model. Each batch is ``[B, T]`` token ids.
+    Does not change the model. Each batch is ``[B, T]`` token ids. The LM head
+    runs in chunks (see ``head_nll``), so memory stays flat in the vocabulary size.
     """
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with progress(f"perplexity {label}".strip(), len(batches)) as advance:
         for ids in batches:
             ids = ids.to(device)
-            nll, predicted = token_nll(model(input_ids=ids, use_cache=False).logits, ids)
+            normed = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
+            nll, predicted = head_nll(model, normed, ids, normed=True)
             total += nll
             count += predicted
             advance(1)

@@ -51,7 +51,8 @@ class ImportanceResult:
         layers: Score of each single layer, indexed by layer (0-indexed).
         blocks: Score of the block starting at each layer ``0..L-block_size``.
         baseline_loss: ``loss`` metric only: the unpruned model's mean loss.
-        tokens: Tokens the scores average over.
+        tokens: Calibration tokens scored (``loss`` averages over the ``T - 1``
+            predicted positions of each sequence, the others over every token).
     """
 
     metric: str

@@ -1,8 +1,8 @@
 """Access to the decoder stack of a Llama-family causal LM, layer by layer.
 
 ``trace`` runs the model once and records the residual stream between layers
-together with the keyword arguments the model passed its layers (rotary
-embeddings, causal mask, positions). ``run_layers`` then replays any subset of
+together with the keyword arguments the model passed each layer (rotary
+embeddings, causal or sliding-window mask, positions). ``run_layers`` then replays any subset of
 layers from any recorded point, which is what lets importance scoring reuse an
 unchanged prefix instead of re-running it. The model's own forward is used for
 the trace, so masks and rotary settings are always the model's own.
@@ -44,11 +44,12 @@ class Trace:
         hidden: ``L + 1`` tensors ``[B, T, H]``; ``hidden[i]`` enters layer ``i`` and
             ``hidden[L]`` leaves the last layer (before the final norm). Empty when
             the trace was streamed to a callback instead of kept.
-        layer_kwargs: Keyword arguments the model passes every decoder layer.
+        layer_kwargs: Keyword arguments the model passed each decoder layer, by
+            index (layers of different attention types get different masks).
     """
 
     hidden: list[torch.Tensor]
-    layer_kwargs: dict[str, Any]
+    layer_kwargs: list[dict[str, Any]]
 
 
 @torch.no_grad()
@@ -72,7 +73,7 @@ def trace(
     """
     layers = decoder_layers(model)
     states: list[torch.Tensor] = []
-    captured: dict[str, Any] = {}
+    captured: list[dict[str, Any]] = [{} for _ in layers]
 
     def record(index: int, hidden: torch.Tensor) -> None:
         if keep:
@@ -83,8 +84,7 @@ def trace(
     def before(index: int):
         def hook(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            if index == 0:
-                captured.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            captured[index] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             record(index, hidden)
 
         return hook
@@ -112,39 +112,43 @@ def _first(output: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def run_layers(
-    model: nn.Module, hidden: torch.Tensor, layer_kwargs: dict[str, Any], indices: Iterable[int]
+    model: nn.Module,
+    hidden: torch.Tensor,
+    layer_kwargs: list[dict[str, Any]],
+    indices: Iterable[int],
 ) -> torch.Tensor:
-    """Apply decoder layers ``indices`` in order to ``hidden`` [B, T, H]."""
+    """Apply decoder layers ``indices`` in order to ``hidden`` [B, T, H].
+
+    Each layer gets the keyword arguments the model gave it in the trace.
+    """
     layers = decoder_layers(model)
     for i in indices:
-        hidden = _first(layers[i](hidden, **layer_kwargs))
+        hidden = _first(layers[i](hidden, **layer_kwargs[i]))
     return hidden
-
-
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood and the number of predictions.
-
-    Args:
-        logits: ``[B, T, V]`` scores for each position.
-        input_ids: ``[B, T]`` the tokens; position ``t`` predicts token ``t + 1``.
-    """
-    predicted = logits[:, :-1].reshape(-1, logits.shape[-1])  # [B*(T-1), V]
-    targets = input_ids[:, 1:].reshape(-1).to(predicted.device)  # [B*(T-1)]
-    nll = F.cross_entropy(predicted.float(), targets, reduction="sum")
-    return nll.item(), targets.numel()
 
 
 @torch.no_grad()
 def head_nll(
-    model: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, chunk_tokens: int = 1024
+    model: nn.Module,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    normed: bool = False,
+    chunk_tokens: int = 1024,
 ) -> tuple[float, int]:
-    """NLL of ``input_ids`` [B, T] from a residual state [B, T, H] leaving the last layer.
+    """Summed next-token NLL of ``input_ids`` [B, T] and the number of predictions.
 
-    Only the ``T - 1`` predicting positions go through the LM head, in chunks of
-    about ``chunk_tokens`` tokens, so ``[chunk, V]`` logits are the largest
-    temporary (a whole batch of 128k-vocab logits would be gigabytes).
+    Args:
+        model: The causal LM whose final norm and LM head are applied.
+        hidden: ``[B, T, H]`` residual state leaving the last layer, or the
+            decoder's normed output when ``normed``.
+        input_ids: The tokens; position ``t`` predicts token ``t + 1``.
+        normed: ``hidden`` already went through the final norm.
+        chunk_tokens: Tokens per LM-head call; ``[chunk, V]`` float32 logits are
+            the largest temporary (a whole batch of 128k-vocab logits would be
+            gigabytes).
     """
-    states = decoder(model).norm(hidden[:, :-1]).reshape(-1, hidden.shape[-1])  # [B*(T-1), H]
+    states = hidden[:, :-1] if normed else decoder(model).norm(hidden[:, :-1])
+    states = states.reshape(-1, hidden.shape[-1])  # [B*(T-1), H]
     targets = input_ids[:, 1:].reshape(-1).to(states.device)  # [B*(T-1)]
     total = 0.0
     for rows, labels in zip(states.split(chunk_tokens), targets.split(chunk_tokens), strict=True):

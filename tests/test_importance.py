@@ -26,6 +26,9 @@ def without_layers(model, removed):
     kept = [layer for i, layer in enumerate(pruned.model.layers) if i not in removed]
     pruned.model.layers = nn.ModuleList(kept)
     pruned.config.num_hidden_layers = len(kept)
+    if getattr(pruned.config, "layer_types", None):  # each kept layer keeps its attention type
+        types = pruned.config.layer_types
+        pruned.config.layer_types = [t for i, t in enumerate(types) if i not in removed]
     return pruned
 
 
@@ -165,3 +168,23 @@ def test_scores_follow_batches():
     one = compute_importance(model, random_batches(count=1, seed=5), "bi")
     other = compute_importance(model, random_batches(count=1, seed=6), "bi")
     assert one.layers != other.layers
+
+
+def test_loss_metric_with_mixed_attention_types():
+    """Sliding and full layers get different masks; each replays with its own."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=98, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+        use_sliding_window=True, sliding_window=3,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    batches = random_batches(seq_len=12)  # longer than the window, so masks differ
+    result = compute_importance(model, batches, "loss", 2)
+    singles = [reference_loss(model, batches, [i]) for i in range(4)]
+    assert result.layers == pytest.approx(singles, abs=TOL)
+    blocks = [reference_loss(model, batches, [s, s + 1]) for s in range(3)]
+    assert result.blocks == pytest.approx(blocks, abs=TOL)
