@@ -24,7 +24,7 @@ import torch
 
 from minitron.config import DataConfig
 from minitron.corpus import stdlib_documents
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -66,7 +66,7 @@ def iter_documents(config: DataConfig) -> Iterator[str]:
 
 def _file_documents(path: Path, column: str) -> Iterator[str]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES and p.is_file())
         if not files:
             raise MinitronError(f"no .txt, .jsonl or .parquet files in {path}")
     elif path.suffix in FILE_SUFFIXES:
@@ -83,7 +83,7 @@ def _file_documents(path: Path, column: str) -> Iterator[str]:
 
 
 def _jsonl_texts(file: Path, column: str) -> Iterator[str]:
-    with file.open(encoding="utf-8") as handle:
+    with file.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -93,13 +93,17 @@ def _jsonl_texts(file: Path, column: str) -> Iterator[str]:
                 raise MinitronError(f"{file}:{number}: not valid JSON") from None
             if not isinstance(record, dict) or column not in record:
                 raise MinitronError(f"{file}:{number}: no '{column}' key (set data.text_column)")
-            yield str(record[column])
+            if record[column] not in (None, ""):
+                yield str(record[column])
 
 
 def _parquet_texts(file: Path, column: str) -> Iterator[str]:
     import pyarrow.parquet as pq  # ships with datasets
 
-    table = pq.read_table(file)
+    try:
+        table = pq.read_table(file)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise MinitronError(f"{file}: not a readable parquet file: {first_line(err)}") from None
     if column not in table.column_names:
         raise MinitronError(
             f"{file}: no column '{column}' (columns: {', '.join(table.column_names)})"
@@ -117,8 +121,9 @@ def _hub_documents(config: DataConfig) -> Iterator[str]:
             config.source, config.subset, split=config.split, streaming=config.streaming
         )
     except Exception as err:  # datasets raises many types; the user needs one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MinitronError(f"could not load dataset '{config.source}': {first}") from None
+        raise MinitronError(
+            f"could not load dataset '{config.source}': {first_line(err)}"
+        ) from None
     columns = dataset.column_names or []
     if columns and config.text_column not in columns:
         raise MinitronError(
@@ -126,9 +131,13 @@ def _hub_documents(config: DataConfig) -> Iterator[str]:
             f"(columns: {', '.join(columns)}; set data.text_column)"
         )
     for row in dataset:
-        text = row[config.text_column]
-        if text:
-            yield str(text)
+        if config.text_column not in row:  # streamed datasets may not list columns upfront
+            raise MinitronError(
+                f"dataset '{config.source}' has no column '{config.text_column}' "
+                f"(columns: {', '.join(row)}; set data.text_column)"
+            )
+        if row[config.text_column]:
+            yield str(row[config.text_column])
 
 
 def pack(documents: Iterable[str], tokenizer: Any, seq_len: int, count: int) -> torch.Tensor:

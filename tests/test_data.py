@@ -52,7 +52,9 @@ def test_calibration_and_heldout_are_disjoint_and_sized():
 
 def test_local_text_sources(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "from jsonl"}) + "\n\n")
+    lines = [{"body": "from jsonl"}, {"body": None}, {"body": ""}]
+    (tmp_path / "b.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n\n")
+    (tmp_path / "folder.txt").mkdir()  # a folder with a data-like name is not a file
     pq.write_table(pa.table({"body": ["from parquet", None]}), tmp_path / "c.parquet")
     docs = list(iter_documents(DataConfig(source=str(tmp_path), text_column="body")))
     assert docs == ["hello world", "from jsonl", "from parquet"]
@@ -91,3 +93,9 @@ def test_unreachable_hub_dataset_is_one_line(monkeypatch):
     ) as err:
         list(iter_documents(DataConfig(source="nobody/no-such-dataset")))
     assert "\n" not in str(err.value)
+
+
+def test_corrupt_parquet_is_one_line(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(MinitronError, match="not a readable parquet file"):
+        list(iter_documents(DataConfig(source=str(tmp_path / "bad.parquet"))))

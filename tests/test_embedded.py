@@ -12,12 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from minitron.config import DataConfig
+from minitron.config import DataConfig, PruneConfig, load_recipe
 from minitron.data import batches, load_text_data
 from minitron.importance import compute_importance
 from minitron.io import embedded_model_dir, load_model
-from minitron.prune import count_parameters
-from tests.test_cli import minitron
+from minitron.prune import count_parameters, dry_run
+from tests.test_cli import ROOT, minitron
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +92,13 @@ def test_prune_recipe_end_to_end_and_stock_transformers_reload(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr
+
+
+def test_dry_run_of_embedded_model_reads_no_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINITRON_CACHE", str(tmp_path / "cache"))  # nothing converted yet
+    config = load_recipe(ROOT / "recipes/smollm2-135m/depth.yaml", PruneConfig)
+    report = dry_run(config)
+    assert (report["params_before"], report["params_after"]) == (134_515_008, 99_114_048)
+    assert (report["layers_before"], report["layers_after"]) == (30, 20)
+    assert report["kept_layers"] is None  # chosen by loss once weights are scored
+    assert not (tmp_path / "cache").exists()

@@ -11,6 +11,7 @@ from minitron.io import (
     check_output_dir,
     load_config,
     load_model,
+    resolve_device,
     resolve_model,
 )
 
@@ -83,3 +84,55 @@ def test_output_path_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(MinitronError, match="not a folder"):
         check_output_dir(tmp_path / "f", overwrite=True)
+
+
+def test_output_may_not_be_or_hold_the_working_folder(tmp_path, monkeypatch):
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for path in (".", "..", str(work)):
+        with pytest.raises(MinitronError, match="working folder"):
+            check_output_dir(path, overwrite=True)
+
+
+def test_failed_final_rename_is_one_line_and_cleans_up(tmp_path, monkeypatch):
+    import pathlib
+
+    real_rename = pathlib.Path.rename
+
+    def rename(self, target):
+        if ".tmp-" in self.name:
+            raise OSError(16, "Device or resource busy")
+        return real_rename(self, target)
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("previous result")
+    monkeypatch.setattr(pathlib.Path, "rename", rename)
+    expected = pytest.raises(MinitronError, match="could not move the result into")
+    with expected, atomic_output_dir(target, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert (target / "old.txt").read_text() == "previous result"
+
+
+def test_stale_temporaries_of_dead_runs_are_removed(tmp_path):
+    stale = tmp_path / ".out.tmp-999999999"
+    stale.mkdir()
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        (tmp / "a").write_text("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x", "tpu"])
+def test_bad_device(device):
+    with pytest.raises(MinitronError, match="device"):
+        resolve_device(device)
+
+
+def test_corrupt_gguf_is_one_line(tmp_path):
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(MinitronError, match="could not") as err:
+        load_model(str(gguf))
+    assert "\n" not in str(err.value)

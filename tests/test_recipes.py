@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from minitron.config import PruneConfig, load_recipe
+from minitron.io import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -30,7 +31,8 @@ def test_recipe_parses_into_its_command_config(recipe):
     command = header_command(recipe)
     assert command[2] == recipe.relative_to(ROOT).as_posix()
     config = load_recipe(recipe, CONFIGS[command[1]])
-    assert config is not None
+    assert isinstance(config, CONFIGS[command[1]])
+    assert resolve_model(config.parent).kind in {"embedded", "hub", "local"}
 
 
 def test_minitron_4b_depth_recipe_matches_the_paper():
