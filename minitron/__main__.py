@@ -1,5 +1,5 @@
 """``python -m minitron`` runs the CLI."""
 
-from minitron.cli import app
+from minitron.cli import run
 
-app()
+run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ from minitron import __version__
 from minitron.config import ImportanceConfig, PruneConfig, load_recipe, parse_config
 from minitron.errors import MinitronError
 from minitron.progress import console
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as cli_errors
+except ImportError:  # older typer uses click itself
+    from click import exceptions as cli_errors
 
 app = typer.Typer(
     name="minitron",
@@ -60,6 +66,28 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: ``app()``, except that usage errors (an unknown flag,
+    a value of the wrong type) are one line and exit code 2, like every error."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="minitron", standalone_mode=False)
+    except cli_errors.NoArgsIsHelpError as err:
+        typer.echo(err.format_message())
+        code = 0
+    except cli_errors.UsageError as err:
+        hint = f" (see: {err.ctx.command_path} --help)" if err.ctx else ""
+        message = " ".join(err.format_message().split())
+        console.print(f"[bold red]error:[/] {escape(message)}{hint}", soft_wrap=True)
+        code = 2
+    except cli_errors.ClickException as err:
+        console.print(f"[bold red]error:[/] {escape(err.format_message())}", soft_wrap=True)
+        code = err.exit_code
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _version(value: bool) -> None:
@@ -153,8 +181,12 @@ def _print_scores(result: Any) -> None:
 
     def bars(scores: list[float]) -> list[str]:
         """Bars scaled within one table, from the floor (unpruned loss, or 0) to the top."""
-        span = (max(scores) - floor) or 1.0
-        return ["█" * max(1, round(30 * (score - floor) / span)) for score in scores]
+        finite = [s for s in scores if math.isfinite(s)] or [floor]
+        span = (max(finite) - floor) or 1.0
+        return [
+            "█" * max(1, round(30 * (s - floor) / span)) if math.isfinite(s) else "n/a"
+            for s in scores
+        ]
 
     picked_layers = set(result.least_important_layers(result.block_size))
     picked_block = result.least_important_block()

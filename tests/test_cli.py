@@ -81,6 +81,19 @@ def test_output_exists_without_overwrite(tmp_path, tiny_checkpoint):
     assert (out / "prune.json").is_file() and not (out / "keep.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["importance", "--block-size", "x"], "Invalid value for '--block-size'"),
+        (["prune", "--no-such-flag", "r.yaml"], "No such option: --no-such-flag"),
+        (["prune"], "Missing argument 'recipe'"),
+        (["importance", "--device", "tpu:0"], "unknown device 'tpu:0'"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    assert_user_error(minitron(*args), message)
+
+
 def test_failure_after_loading_leaves_no_output(tmp_path, tiny_checkpoint):
     (tmp_path / "small.txt").write_text("too short")
     recipe = write_recipe(
