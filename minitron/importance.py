@@ -48,7 +48,8 @@ class ImportanceResult:
         metric: ``bi``, ``angular`` or ``loss``.
         num_layers: Decoder layers in the scored model.
         block_size: Layers per block in ``blocks``.
-        layers: Score of each single layer, indexed by layer (0-indexed).
+        layers: Score of each single layer, indexed by layer (0-indexed); empty
+            when single layers were not asked for.
         blocks: Score of the block starting at each layer ``0..L-block_size``.
         baseline_loss: ``loss`` metric only: the unpruned model's mean loss.
         tokens: Calibration tokens scored (``loss`` averages over the ``T - 1``
@@ -74,6 +75,8 @@ class ImportanceResult:
 
     def least_important_layers(self, count: int) -> list[int]:
         """The ``count`` individually least important layers, ascending index."""
+        if not self.layers:
+            return []
         ranked = sorted(range(self.num_layers), key=self.layers.__getitem__)
         return sorted(ranked[:count])
 
@@ -115,13 +118,13 @@ def layer_forward_cost(num_layers: int, block_sizes: Sequence[int]) -> dict[str,
     return {"reuse": reuse, "naive": naive}
 
 
-def _block_sizes(num_layers: int, block_size: int) -> list[int]:
+def check_block_size(num_layers: int, block_size: int) -> None:
+    """Reject a block size outside ``1 .. L-1``."""
     if not 1 <= block_size < num_layers:
         raise MinitronError(
             f"block size must be between 1 and {num_layers - 1} for a {num_layers}-layer model "
             f"(got {block_size})"
         )
-    return sorted({1, block_size})
 
 
 @torch.no_grad()
@@ -216,15 +219,22 @@ def loss_scores(
 
 
 def compute_importance(
-    model: nn.Module, batches: Sequence[torch.Tensor], metric: str, block_size: int = 1
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    metric: str,
+    block_size: int = 1,
+    single_layers: bool = True,
 ) -> ImportanceResult:
-    """Score every single layer and every contiguous block of ``block_size``.
+    """Score every contiguous block of ``block_size`` and, by default, every single layer.
 
     Args:
         model: A Llama-family causal LM in eval mode; not changed.
         batches: ``[B, T]`` token-id batches (calibration data).
         metric: ``bi``, ``angular`` or ``loss``.
         block_size: Layers per block, ``1 <= block_size < L``.
+        single_layers: Also score single layers. Free for ``bi`` and
+            ``angular``; for ``loss`` it adds ``L(L-1)/2`` layer forwards per
+            batch, so callers that need only blocks turn it off.
 
     Returns:
         An ``ImportanceResult``; higher scores mean more important.
@@ -234,7 +244,8 @@ def compute_importance(
     if not batches:
         raise MinitronError("no calibration data to score with")
     num_layers = len(decoder_layers(model))
-    sizes = _block_sizes(num_layers, block_size)
+    check_block_size(num_layers, block_size)
+    sizes = sorted({1, block_size} if single_layers or metric != "loss" else {block_size})
     baseline = None
     if metric == "loss":
         baseline, scores, tokens = loss_scores(model, batches, sizes)
@@ -244,7 +255,7 @@ def compute_importance(
         metric=metric,
         num_layers=num_layers,
         block_size=block_size,
-        layers=scores[1],
+        layers=scores.get(1, []),
         blocks=scores[block_size],
         baseline_loss=baseline,
         tokens=tokens,
@@ -267,7 +278,7 @@ def run_importance(
 
     output = check_output_dir(output, overwrite)
     num_layers = load_config(config.model, config.trust_remote_code).num_hidden_layers
-    _block_sizes(num_layers, config.block_size)  # fail before loading weights
+    check_block_size(num_layers, config.block_size)  # fail before loading weights
     model, tokenizer = load_model(
         config.model, config.dtype, config.device, config.trust_remote_code
     )

@@ -237,7 +237,7 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     if needs_scores:
         calibration = batches(data.calibration, config.data.batch_size)
         size = scores_block_size(config, num_layers)
-        scores = compute_importance(model, calibration, config.metric, size)
+        scores = compute_importance(model, calibration, config.metric, size, single_layers=False)
         scores.data = data.info
     plan = plan_depth(config, num_layers, scores)
     heldout = batches(data.heldout, config.data.batch_size) if data and config.perplexity else []

@@ -115,6 +115,17 @@ def test_loss_metric_reuses_prefix(model, batches, block_size):
     assert cost["reuse"] < cost["naive"]
 
 
+def test_blocks_only_skips_single_layers(model, batches):
+    counter = count_layer_forwards(model)
+    result = compute_importance(model, batches, "loss", 3, single_layers=False)
+    assert counter["calls"] == layer_forward_cost(6, [3])["reuse"] * len(batches)
+    assert result.layers == [] and result.least_important_layers(3) == []
+    full = compute_importance(model, batches, "loss", 3)
+    assert result.blocks == full.blocks
+    # bi and angular get single layers from the same pass anyway.
+    assert len(compute_importance(model, batches, "bi", 3, single_layers=False).layers) == 6
+
+
 def test_layer_forward_cost_formula():
     # L=32, n=1: 32 + 31*32/2 = 528 with reuse; 32 + 32*31 = 1024 naively.
     assert layer_forward_cost(32, [1]) == {"reuse": 528, "naive": 1024}
