@@ -32,7 +32,8 @@ except ImportError:  # older typer uses click itself
 
 app = typer.Typer(
     name="minitron",
-    help="Compress Llama-family models: score blocks, prune, distill, evaluate. "
+    help="Compress Llama-family models with NVIDIA's Minitron recipes on plain transformers "
+    "checkpoints: score layers (importance), then drop them (prune). "
     "Layer indices are 0-indexed everywhere.",
     no_args_is_help=True,
     add_completion=False,
@@ -102,7 +103,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    """minitron: Minitron depth pruning and Puzzle-style edits on plain transformers checkpoints."""
+    """Compress Llama-family models with NVIDIA's Minitron recipes."""
 
 
 def format_layers(layers: Sequence[int] | None) -> str:

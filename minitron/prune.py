@@ -284,7 +284,6 @@ def _weights_to_save(
     computed = next(model.parameters()).dtype
     if computed == saved or (computed == torch.float32 and saved in _HALF):
         return model.to(saved)
-    del model
     parent, _ = load_model(
         config.parent, str(saved).removeprefix("torch."), "cpu", config.trust_remote_code
     )
