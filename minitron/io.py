@@ -98,7 +98,7 @@ def embedded_model_dir(name: str) -> Path:
     safetensors into the cache atomically; later calls return at once.
     """
     entry = EMBEDDED[name]
-    target = cache_root() / "models" / name
+    target = _embedded_cache(name)
     if (target / "config.json").is_file():
         return target
     gguf = _embedded_gguf(name)
@@ -109,6 +109,11 @@ def embedded_model_dir(name: str) -> Path:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     return target
+
+
+def _embedded_cache(name: str) -> Path:
+    """Where embedded model ``name`` lives once converted to safetensors."""
+    return cache_root() / "models" / name
 
 
 def _embedded_gguf(name: str) -> Path:
@@ -153,8 +158,7 @@ def load_config(spec: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig
 
     source = resolve_model(spec)
-    cached = cache_root() / "models" / spec
-    if source.kind == "embedded" and not (cached / "config.json").is_file():
+    if source.kind == "embedded" and not (_embedded_cache(spec) / "config.json").is_file():
         # Read the GGUF's metadata only: a config needs no dequantized weights.
         source = ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
     try:

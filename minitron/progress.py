@@ -27,31 +27,32 @@ _live: list[Progress] = []  # the one shared display while any task is open
 
 @contextlib.contextmanager
 def _task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    if not _live:
-        display = Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,  # no spinner debris in logs and pipes
+    """One line on the shared display, opening it for the outermost task."""
+    outermost = not _live
+    if outermost:
+        _live.append(
+            Progress(
+                SpinnerColumn(),
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,  # no spinner debris in logs and pipes
+            )
         )
-        _live.append(display)
-        try:
-            with display, _task(description, total) as advance:
-                yield advance
-        finally:
-            _live.clear()
-        return
+        _live[0].start()
     display = _live[0]
     task = display.add_task(description, total=total)
     try:
         yield lambda n=1: display.advance(task, n)
     finally:
         display.remove_task(task)
+        if outermost:
+            display.stop()
+            _live.clear()
 
 
 @contextlib.contextmanager

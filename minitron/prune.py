@@ -201,14 +201,14 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
     plan = (
         plan_depth(config, num_layers, scores) if config.selection == "explicit" or scores else None
     )
-    stand_in = range(num_layers - drop_count(config, num_layers), num_layers)
-    drop_layers(model, plan.dropped if plan else stand_in)
+    layers_after = num_layers - drop_count(config, num_layers)
+    drop_layers(model, plan.dropped if plan else range(layers_after, num_layers))
     params_after = count_parameters(model)
     return {
         "params_before": params_before,
         "params_after": params_after,
         "layers_before": num_layers,
-        "layers_after": num_layers - drop_count(config, num_layers),
+        "layers_after": layers_after,
         "kept_layers": plan.kept if plan else None,
         "dropped_layers": plan.dropped if plan else None,
         "bf16_bytes_before": params_before * 2,
