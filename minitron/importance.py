@@ -19,21 +19,16 @@ Every metric scores both single layers and contiguous blocks of ``block_size``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitron.config import ImportanceConfig, config_to_dict
-from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
-from minitron.io import atomic_output_dir, check_output_dir, load_config, load_model
 from minitron.layers import decoder_layers, head_nll, run_layers, trace
 from minitron.progress import progress
 
@@ -264,31 +259,3 @@ def compute_importance(
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def run_importance(
-    config: ImportanceConfig, output: str | Path, overwrite: bool = False
-) -> ImportanceResult:
-    """The ``minitron importance`` command: load, score, write ``scores.json`` and a plot.
-
-    Checks the output folder before loading anything; writes into a temporary
-    folder renamed on success.
-    """
-    from minitron.plots import plot_importance  # plots imports this module
-
-    output = check_output_dir(output, overwrite)
-    num_layers = load_config(config.model, config.trust_remote_code).num_hidden_layers
-    check_block_size(num_layers, config.block_size)  # fail before loading weights
-    model, tokenizer = load_model(
-        config.model, config.dtype, config.device, config.trust_remote_code
-    )
-    data = load_text_data(config.data, tokenizer)
-    result = compute_importance(
-        model, batches(data.calibration, config.data.batch_size), config.metric, config.block_size
-    )
-    result.data = data.info
-    record = result.to_dict() | {"model": config.model, "config": config_to_dict(config)}
-    with atomic_output_dir(output, overwrite) as tmp:
-        (tmp / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
-        plot_importance(result, tmp / "importance.png", f"{config.model}: {config.metric}")
-    return result

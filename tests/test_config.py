@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from minitron.config import (
-    DataConfig,
-    ImportanceConfig,
-    PruneConfig,
-    apply_overrides,
-    load_recipe,
-    parse_config,
-)
+from minitron.commands.importance import ImportanceConfig
+from minitron.commands.prune import PruneConfig
+from minitron.config import DataConfig, apply_overrides, load_recipe, parse_config
 from minitron.errors import MinitronError
 
 

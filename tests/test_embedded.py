@@ -12,11 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from minitron.config import DataConfig, PruneConfig, load_recipe
+from minitron.commands.prune import PruneConfig, dry_run
+from minitron.config import DataConfig, load_recipe
 from minitron.data import batches, load_text_data
 from minitron.importance import compute_importance
 from minitron.io import embedded_model_dir, load_model
-from minitron.prune import count_parameters, dry_run
+from minitron.prune import count_parameters
 from tests.test_cli import ROOT, minitron
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minitron.config import PruneConfig, parse_config
+from minitron.commands.prune import PruneConfig, dry_run, run_prune
+from minitron.config import parse_config
 from minitron.errors import MinitronError
 from minitron.importance import ImportanceResult, compute_importance
-from minitron.prune import count_parameters, drop_layers, dry_run, plan_depth, run_prune
+from minitron.prune import count_parameters, drop_layers, plan_depth
 from tests.conftest import VOCAB, random_batches, save_tiny_checkpoint, tiny_llama
 
 IDS = torch.randint(0, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from minitron.config import PruneConfig, load_recipe
+from minitron.commands.prune import PruneConfig
+from minitron.config import load_recipe
 from minitron.io import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent

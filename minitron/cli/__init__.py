@@ -1,0 +1,9 @@
+"""The ``minitron`` command line: parse, build the typed config, call the function, print.
+
+One module per command; importing them registers each on the shared Typer ``app``.
+"""
+
+from minitron.cli import importance, prune  # noqa: F401  (registers the commands)
+from minitron.cli.app import app, run
+
+__all__ = ["app", "run"]

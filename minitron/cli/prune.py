@@ -1,0 +1,80 @@
+"""``minitron prune``: plan or run a prune recipe, print the plan and the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from minitron.cli.app import app, format_layers, gib, guarded, out
+from minitron.commands.prune import PruneConfig
+from minitron.config import load_recipe
+
+
+@app.command()
+@guarded
+def prune(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key: --set target_layers=20 (repeatable)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder [default: recipe's output, else runs/<folder>/<recipe name>]."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Plan from the parent's config only; load no weights, write nothing."),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of tables.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Drop decoder layers as a recipe says and save a standard HF checkpoint."""
+    from minitron.commands.prune import dry_run as plan_only
+    from minitron.commands.prune import run_prune
+
+    config = load_recipe(recipe, PruneConfig, set_ or [])
+    if dry_run:
+        report = plan_only(config)
+        if json_output:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            _print_plan(report, config.parent)
+        return
+    target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
+    record = run_prune(config, target, overwrite)
+    if json_output:
+        typer.echo(
+            json.dumps({k: v for k, v in record.items() if k not in ("scores", "recipe")}, indent=2)
+        )
+    else:
+        _print_plan(record, config.parent)
+        out.print(f"wrote {target} (load it with transformers' AutoModelForCausalLM)")
+
+
+def _print_plan(report: dict[str, Any], parent: str) -> None:
+    table = Table(title=f"depth prune of {parent} (layers 0-indexed)", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    before, after = report["params_before"], report["params_after"]
+    table.add_row("parameters", f"{before:,} -> {after:,} ({after / before:.1%})")
+    table.add_row("bf16 weights", f"{gib(2 * before)} -> {gib(2 * after)}")
+    table.add_row("layers", f"{report['layers_before']} -> {report['layers_after']}")
+    table.add_row("kept layers", format_layers(report["kept_layers"]))
+    table.add_row("dropped layers", format_layers(report["dropped_layers"]))
+    if "reason" in report:
+        table.add_row("chosen as", report["reason"])
+    if "perplexity_before" in report:
+        table.add_row(
+            "held-out perplexity",
+            f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}",
+        )
+    out.print(table)
