@@ -7,8 +7,9 @@ Sources (``DataConfig.source``):
   ``text_column``, ``streaming``).
 
 Documents are tokenized, joined with the EOS token and cut into sequences of
-``seq_len`` tokens. The first ``samples`` sequences are the calibration set, the
-next ``heldout`` the held-out set used only to report perplexity.
+``seq_len`` tokens, each opened by BOS when the tokenizer adds one to texts.
+The first ``samples`` sequences are the calibration set, the next ``heldout``
+the held-out set used only to report perplexity.
 """
 
 from __future__ import annotations
@@ -140,16 +141,34 @@ def _hub_documents(config: DataConfig) -> Iterator[str]:
             yield str(row[config.text_column])
 
 
+def leading_bos(tokenizer: Any) -> int | None:
+    """The BOS id the tokenizer puts in front of a text itself, else ``None``.
+
+    Llama-2 and Llama-3 tokenizers add BOS to every text, so their models
+    always saw it first. A tokenizer that names a BOS token but never adds it
+    (SmolLM2's ``<|im_start|>`` is a chat marker) gets none.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    return bos if tokenizer("a")["input_ids"][:1] == [bos] else None
+
+
 def pack(documents: Iterable[str], tokenizer: Any, seq_len: int, count: int) -> torch.Tensor:
     """Tokenize documents and pack them into ``count`` sequences of ``seq_len`` tokens.
 
-    Documents are separated by the EOS token; reading stops as soon as enough
-    tokens are in hand, so a large corpus is never tokenized whole.
+    Documents are separated by the EOS token. When the tokenizer starts texts
+    with BOS (``leading_bos``), every packed sequence starts with BOS followed
+    by ``seq_len - 1`` tokens of the stream, since such models expect it first
+    and a packed sequence usually starts mid-document. Reading stops as soon
+    as enough tokens are in hand, so a large corpus is never tokenized whole.
 
     Returns:
         ``[n, seq_len]`` int64 token ids, ``n <= count`` (fewer if text runs out).
     """
-    needed = seq_len * count
+    bos = leading_bos(tokenizer)
+    body = seq_len - (bos is not None)
+    needed = body * count
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for text in documents:
@@ -158,8 +177,11 @@ def pack(documents: Iterable[str], tokenizer: Any, seq_len: int, count: int) -> 
             stream.append(eos)
         if len(stream) >= needed:
             break
-    n = min(count, len(stream) // seq_len)
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    n = min(count, len(stream) // body)
+    rows = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
+    if bos is not None:
+        rows = torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
+    return rows
 
 
 def load_text_data(config: DataConfig, tokenizer: Any) -> TextData:

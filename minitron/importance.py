@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minitron.errors import MinitronError
-from minitron.layers import decoder_layers, head_nll, run_layers, trace
+from minitron.layers import check_plain_head, decoder_layers, head_nll, run_layers, trace
 from minitron.progress import progress
 
 METRICS = ("bi", "angular", "loss")
@@ -89,9 +89,35 @@ class ImportanceResult:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> ImportanceResult:
-        """Rebuild a result from ``scores.json`` content."""
+        """Rebuild a result from ``scores.json`` content.
+
+        Raises:
+            TypeError: If a field is missing or has the wrong type.
+        """
         names = cls.__dataclass_fields__
+        for key, check in _FIELD_TYPES.items():
+            if key in record and not check(record[key]):
+                raise TypeError(f"scores field '{key}' has the wrong type")
         return cls(**{k: v for k, v in record.items() if k in names})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_FIELD_TYPES = {
+    "metric": lambda v: v in METRICS,
+    "num_layers": lambda v: _is_int(v) and v > 0,
+    "block_size": lambda v: _is_int(v) and v > 0,
+    "layers": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+    "blocks": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+    "baseline_loss": lambda v: v is None or _is_number(v),
+    "tokens": _is_int,
+}
 
 
 def layer_forward_cost(num_layers: int, block_sizes: Sequence[int]) -> dict[str, int]:
@@ -189,6 +215,7 @@ def loss_scores(
         ``(baseline_loss, {size: [loss with block starting at l removed]}, tokens)``,
         losses averaged over all predicted tokens.
     """
+    check_plain_head(model)
     num_layers = len(decoder_layers(model))
     sums = {n: [0.0] * (num_layers - n + 1) for n in block_sizes}
     baseline = 0.0

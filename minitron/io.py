@@ -91,6 +91,19 @@ def resolve_model(spec: str) -> ModelSource:
     return ModelSource(spec, "hub", spec)
 
 
+def model_identity(spec: str) -> str:
+    """What a spec points at, comparable across working folders.
+
+    The absolute path of a local folder or GGUF file, else the embedded alias or
+    the Hub id. Records (``scores.json``) store it so later commands can check
+    they are given the same model.
+    """
+    source = resolve_model(spec)
+    if source.kind in ("local", "gguf"):
+        return str(Path(source.location).resolve())
+    return source.spec
+
+
 def embedded_model_dir(name: str) -> Path:
     """The cached HF folder of embedded model ``name``, building it on first use.
 

@@ -10,6 +10,7 @@ the trace, so masks and rotary settings are always the model's own.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 
 
 def decoder(model: nn.Module) -> nn.Module:
@@ -44,8 +45,9 @@ class Trace:
         hidden: ``L + 1`` tensors ``[B, T, H]``; ``hidden[i]`` enters layer ``i`` and
             ``hidden[L]`` leaves the last layer (before the final norm). Empty when
             the trace was streamed to a callback instead of kept.
-        layer_kwargs: Keyword arguments the model passed each decoder layer, by
-            index (layers of different attention types get different masks).
+        layer_kwargs: Every argument the model passed each decoder layer besides
+            the hidden state, by parameter name, by layer index (positional ones
+            are named too; layers of different attention types get different masks).
     """
 
     hidden: list[torch.Tensor]
@@ -82,9 +84,8 @@ def trace(
             on_state(index, hidden)
 
     def before(index: int):
-        def hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured[index] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        def hook(module, args, kwargs):
+            hidden, captured[index] = _split_call(module, args, kwargs)
             record(index, hidden)
 
         return hook
@@ -103,6 +104,37 @@ def trace(
         for handle in handles:
             handle.remove()
     return Trace(states, captured)
+
+
+def _split_call(
+    layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A layer call's hidden state, and every other argument by parameter name.
+
+    Models pass the attention mask and positions positionally or by keyword;
+    binding them to the layer's signature keeps them all for the replay.
+
+    Raises:
+        MinitronError: If the layer takes extra positional arguments (``*args``)
+            that cannot be named, so a replay could not reproduce the call.
+    """
+    try:
+        bound = inspect.signature(layer.forward).bind(*args, **kwargs)
+    except TypeError as err:
+        raise MinitronError(
+            f"cannot record the call of {type(layer).__name__}: {first_line(err)}"
+        ) from None
+    named = dict(bound.arguments)
+    for name, param in inspect.signature(layer.forward).parameters.items():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL and named.pop(name, ()):
+            raise MinitronError(
+                f"{type(layer).__name__} was called with unnamed positional arguments; "
+                "minitron cannot replay it"
+            )
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(named.pop(name, {}))
+    first = next(iter(inspect.signature(layer.forward).parameters))
+    return named.pop(first), named
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -125,6 +157,43 @@ def run_layers(
     for i in indices:
         hidden = _first(layers[i](hidden, **layer_kwargs[i]))
     return hidden
+
+
+# Config fields of models whose logits are not ``lm_head(norm(h))``: Gemma-2/3
+# soft-cap them, Cohere and Granite scale them.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+@torch.no_grad()
+def check_plain_head(model: nn.Module) -> None:
+    """Refuse a model whose logits are not its LM head applied to the decoder output.
+
+    ``head_nll`` (and every chunked loss built like it) applies ``lm_head`` to
+    the decoder's normed output itself, for memory. A model that soft-caps or
+    scales its logits in its own forward would be scored wrongly, so it is
+    refused: by the known config fields, then by comparing the model's own
+    logits with ``lm_head(decoder(x))`` on a short probe. Does not change the model.
+
+    Raises:
+        MinitronError: Naming the config field or saying the logits differ.
+    """
+    config = model.config
+    for key in LOGIT_TRANSFORMS:
+        value = getattr(config, key, None)
+        if value is not None and value != 1:
+            raise MinitronError(
+                f"{type(model).__name__} transforms its logits ({key}={value}); "
+                "minitron computes logits as lm_head(hidden) and does not support such models"
+            )
+    device = next(model.parameters()).device
+    probe = (torch.arange(8, device=device) % config.vocab_size)[None]  # [1, 8]
+    own = model(input_ids=probe, use_cache=False).logits.float()
+    ours = model.lm_head(decoder(model)(input_ids=probe, use_cache=False).last_hidden_state)
+    if not torch.allclose(own, ours.float(), rtol=1e-2, atol=1e-2 * own.abs().max().item()):
+        raise MinitronError(
+            f"{type(model).__name__}'s logits are not lm_head(final hidden state); "
+            "minitron's chunked LM head would score it wrongly"
+        )
 
 
 @torch.no_grad()

@@ -9,9 +9,10 @@ prints is ``minitron.commands.prune``). The output is the parent's own architect
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -19,8 +20,16 @@ from minitron.errors import MinitronError
 from minitron.importance import ImportanceResult
 from minitron.layers import decoder, decoder_layers
 
-if TYPE_CHECKING:
-    from minitron.commands.prune import PruneConfig
+
+class DepthRequest(Protocol):
+    """What a depth-prune recipe asks for (``PruneConfig`` is one)."""
+
+    drop_layers: list[int] | None
+    target_layers: int | None
+
+    @property
+    def selection(self) -> str:
+        """``explicit``, ``contiguous`` or ``individual``."""
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -31,32 +40,121 @@ def count_parameters(model: nn.Module) -> int:
 def drop_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
     """Remove decoder layers ``layers`` (0-indexed) from ``model``, in place.
 
-    Renumbers each kept attention's ``layer_idx`` and sets
-    ``config.num_hidden_layers`` (and ``config.layer_types`` where present) so
-    generation with a KV cache works on the result.
+    Renumbers each kept attention's ``layer_idx``, sets
+    ``config.num_hidden_layers`` and updates every per-layer config field
+    (``layer_types``, ``no_rope_layers``, ``block_configs``, lists of layer
+    indices such as ``mlp_only_layers``; see ``per_layer_updates``) so the
+    result reloads and generates with a KV cache.
 
     Returns:
         The kept layers' parent indices, in order.
 
     Raises:
-        MinitronError: On an index out of range or dropping every layer.
+        MinitronError: On an index out of range, dropping every layer, or a
+            config with per-layer structure minitron does not know how to
+            update (checked before anything changes).
     """
     current = decoder_layers(model)
     num_layers = len(current)
     dropped = set(layers)
     check_drop_indices(dropped, num_layers)
     kept = [i for i in range(num_layers) if i not in dropped]
+    updates = per_layer_updates(model.config, kept, num_layers)
     decoder(model).layers = nn.ModuleList(current[i] for i in kept)
     for new_index, layer in enumerate(decoder(model).layers):
         for module in (layer, getattr(layer, "self_attn", None)):
             if module is not None and hasattr(module, "layer_idx"):
                 module.layer_idx = new_index
-    config = model.config
-    config.num_hidden_layers = len(kept)
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == num_layers:
-        config.layer_types = [layer_types[i] for i in kept]
+    model.config.num_hidden_layers = len(kept)
+    for key, value in updates.items():
+        setattr(model.config, key, value)
     return kept
+
+
+# Lists of layer indices (not one entry per layer): kept entries are renumbered.
+INDEX_LISTS = frozenset({"mlp_only_layers", "moe_layers", "attn_layer_indices"})
+# Integer settings that make layers differ by a period or an offset: dropping
+# layers breaks the pattern, so a model that uses one is refused, unless a
+# per-layer ``layer_types`` list (which is updated) is what the model reads.
+PATTERN_KEYS = frozenset(
+    {
+        "decoder_sparse_step", "interleave_moe_layer_step", "attn_layer_period",
+        "attn_layer_offset", "expert_layer_period", "expert_layer_offset",
+        "moe_layer_interval", "first_k_dense_replace", "no_rope_layer_interval",
+        "cross_layer_interval", "sliding_window_pattern", "global_attn_every_n_layers",
+    }
+)  # fmt: skip
+_SUPERSEDED_BY_LAYER_TYPES = frozenset({"sliding_window_pattern", "global_attn_every_n_layers"})
+
+
+def per_layer_updates(config: Any, kept: list[int], num_layers: int) -> dict[str, Any]:
+    """The config fields to change when only the ``kept`` layers remain.
+
+    Per-layer lists (length ``num_layers``, named for layers or blocks) keep
+    the kept layers' entries; lists of layer indices in ``INDEX_LISTS`` keep
+    and renumber the kept indices. Does not change ``config``.
+
+    Raises:
+        MinitronError: If the config has per-layer structure this cannot update:
+            an active layer pattern (``PATTERN_KEYS``) or a layer list of
+            another length whose meaning is unknown.
+    """
+    fields = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    has_types = isinstance(fields.get("layer_types"), list | tuple)
+    renumber = {old: new for new, old in enumerate(kept)}
+    updates: dict[str, Any] = {}
+    for key, value in fields.items():
+        per_layer = "layer" in key or key == "block_configs"
+        if isinstance(value, list | tuple) and per_layer:
+            if len(value) == num_layers:
+                updates[key] = [value[i] for i in kept]
+            elif key in INDEX_LISTS:
+                updates[key] = [renumber[i] for i in value if i in renumber]
+            elif value:
+                raise MinitronError(
+                    f"config field '{key}' describes layers in a way minitron cannot update "
+                    f"when dropping layers ({len(value)} entries for {num_layers} layers)"
+                )
+        elif (
+            key in PATTERN_KEYS
+            and value not in (None, 0, 1, False)
+            and not (has_types and key in _SUPERSEDED_BY_LAYER_TYPES)
+        ):
+            raise MinitronError(
+                f"config field {key}={value} sets a per-layer pattern that dropping "
+                "layers would break; minitron does not prune such models"
+            )
+    return updates
+
+
+@contextlib.contextmanager
+def layers_removed(model: nn.Module, layers: Iterable[int]) -> Iterator[list[int]]:
+    """Run the model without decoder ``layers`` inside the block, then restore it.
+
+    Uses ``drop_layers`` (so the pruned model is exactly what a prune would
+    give) and puts the layers, their ``layer_idx`` and every changed config
+    field back on exit, even after an exception. Yields the kept indices.
+    """
+    config = model.config
+    saved_layers = decoder(model).layers
+    saved_idx = [
+        (module, module.layer_idx)
+        for layer in saved_layers
+        for module in (layer, getattr(layer, "self_attn", None))
+        if module is not None and hasattr(module, "layer_idx")
+    ]
+    saved_config = {
+        key: getattr(config, key)
+        for key in per_layer_updates(config, list(range(len(saved_layers))), len(saved_layers))
+    } | {"num_hidden_layers": config.num_hidden_layers}
+    try:
+        yield drop_layers(model, layers)
+    finally:
+        decoder(model).layers = saved_layers
+        for module, index in saved_idx:
+            module.layer_idx = index
+        for key, value in saved_config.items():
+            setattr(config, key, value)
 
 
 def check_drop_indices(indices: Iterable[int], num_layers: int) -> None:
@@ -82,7 +180,7 @@ class DepthPlan:
     reason: str
 
 
-def check_request(config: PruneConfig, num_layers: int) -> None:
+def check_request(config: DepthRequest, num_layers: int) -> None:
     """Reject a recipe that cannot apply to a ``num_layers``-layer parent."""
     if config.drop_layers is not None:
         check_drop_indices(config.drop_layers, num_layers)
@@ -98,20 +196,20 @@ def check_request(config: PruneConfig, num_layers: int) -> None:
         )
 
 
-def drop_count(config: PruneConfig, num_layers: int) -> int:
+def drop_count(config: DepthRequest, num_layers: int) -> int:
     """How many layers the recipe removes from a ``num_layers``-layer parent."""
     if config.drop_layers is not None:
         return len(config.drop_layers)
     return num_layers - config.target_layers
 
 
-def scores_block_size(config: PruneConfig, num_layers: int) -> int:
+def scores_block_size(config: DepthRequest, num_layers: int) -> int:
     """The block size the recipe's method needs scores for."""
     return drop_count(config, num_layers) if config.selection == "contiguous" else 1
 
 
 def plan_depth(
-    config: PruneConfig, num_layers: int, scores: ImportanceResult | None = None
+    config: DepthRequest, num_layers: int, scores: ImportanceResult | None = None
 ) -> DepthPlan:
     """Choose the layers to drop, from the recipe and (for a method) scores."""
     check_request(config, num_layers)

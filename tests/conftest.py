@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# The test session's own minitron cache (the embedded model's safetensors copy):
+# never the user's. MINITRON_TEST_CACHE names a folder to reuse across sessions.
+if os.environ.get("MINITRON_TEST_CACHE"):
+    os.environ["MINITRON_CACHE"] = os.environ["MINITRON_TEST_CACHE"]
+else:
+    os.environ["MINITRON_CACHE"] = tempfile.mkdtemp(prefix="minitron-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MINITRON_CACHE"], ignore_errors=True)
+SESSION_CACHE = os.environ["MINITRON_CACHE"]
 
 # Before transformers / huggingface_hub are imported: they read these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,9 +55,12 @@ def tiny_llama(num_layers: int = 6, seed: int = 0, **overrides) -> LlamaForCausa
     return LlamaForCausalLM(tiny_config(num_layers, **overrides)).eval()
 
 
-def char_tokenizer():
-    """A character-level tokenizer over printable ASCII, built offline."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+def char_tokenizer(add_bos: bool = False):
+    """A character-level tokenizer over printable ASCII, built offline.
+
+    With ``add_bos`` it starts every text with ``<s>``, as Llama tokenizers do.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<s>": 0, "</s>": 1, "<unk>": 2} | {
@@ -54,6 +69,10 @@ def char_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
+    if add_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )

@@ -41,6 +41,20 @@ def test_pack_joins_documents_with_eos():
     assert pack(["ab"], tokenizer, seq_len=4, count=3).shape == (0, 4)
 
 
+def test_every_packed_sequence_starts_with_bos_when_the_tokenizer_adds_it():
+    tokenizer = char_tokenizer(add_bos=True)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert tokenizer("ab")["input_ids"][0] == bos
+    tokens = pack(["ab", "cd", "efgh"], tokenizer, seq_len=4, count=3)
+    a, b, c, d, e, f, g = (tokenizer.convert_tokens_to_ids(x) for x in "abcdefg")
+    assert tokens.tolist() == [[bos, a, b, eos], [bos, c, d, eos], [bos, e, f, g]]
+    data = load_text_data(DataConfig(samples=3, heldout=2, seq_len=16), tokenizer)
+    assert (data.calibration[:, 0] == bos).all() and (data.heldout[:, 0] == bos).all()
+    assert (data.calibration[:, 1:] != bos).all()  # BOS only where a sequence opens
+    # A tokenizer that names a BOS token but never adds it gets none.
+    assert (pack(["abcdefgh"], char_tokenizer(), seq_len=4, count=2)[:, 0] != bos).all()
+
+
 def test_calibration_and_heldout_are_disjoint_and_sized():
     data = load_text_data(DataConfig(samples=5, heldout=3, seq_len=32), char_tokenizer())
     assert data.calibration.shape == (5, 32) and data.heldout.shape == (3, 32)

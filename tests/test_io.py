@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from minitron.errors import MinitronError
@@ -14,6 +17,7 @@ from minitron.io import (
     resolve_device,
     resolve_model,
 )
+from tests.conftest import SESSION_CACHE
 
 
 def test_resolve_model_kinds(tmp_path, tiny_checkpoint):
@@ -136,3 +140,10 @@ def test_corrupt_gguf_is_one_line(tmp_path):
     with pytest.raises(MinitronError, match="could not") as err:
         load_model(str(gguf))
     assert "\n" not in str(err.value)
+
+
+def test_the_test_session_has_its_own_cache():
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minitron"
+    assert cache_root() == Path(SESSION_CACHE)
+    assert cache_root().resolve() != user_cache.resolve()
+    assert user_cache.resolve() not in cache_root().resolve().parents

@@ -67,6 +67,36 @@ def test_drop_subsets_layer_types():
     assert model.config.layer_types == ["t0", "t3", "t4", "t5"]
 
 
+def test_drop_updates_every_per_layer_config_field(tmp_path):
+    model = tiny_llama(
+        no_rope_layers=[1, 0, 1, 1, 0, 1],
+        mlp_only_layers=[1, 4],
+        layers_block_type=["a", "b", "c", "d", "e", "f"],
+    )
+    drop_layers(model, [1, 2])
+    config = model.config
+    assert config.no_rope_layers == [1, 1, 0, 1]
+    assert config.layers_block_type == ["a", "d", "e", "f"]
+    assert config.mlp_only_layers == [2]  # parent layer 4 is now layer 2; layer 1 is gone
+    model.save_pretrained(tmp_path / "out")
+    reloaded = type(config).from_pretrained(tmp_path / "out")
+    assert reloaded.no_rope_layers == [1, 1, 0, 1] and reloaded.num_hidden_layers == 4
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("decoder_sparse_step", 2), ("cross_attention_layers_map", [0, 3]), ("attn_layer_period", 3)],
+)
+def test_drop_refuses_per_layer_structure_it_does_not_understand(field, value, tmp_path):
+    model = tiny_llama(**{field: value})
+    with pytest.raises(MinitronError, match=field):
+        drop_layers(model, [1])
+    assert len(model.model.layers) == 6 and model.config.num_hidden_layers == 6
+    model.config.save_pretrained(tmp_path / "config-only")
+    with pytest.raises(MinitronError, match=field):  # refused from the config alone
+        dry_run(PruneConfig(parent=str(tmp_path / "config-only"), drop_layers=[1]))
+
+
 @pytest.mark.parametrize("bad", [[6], [-1], [0, 1, 2, 3, 4, 5]])
 def test_drop_rejects_bad_indices(model, bad):
     with pytest.raises(MinitronError):
@@ -187,7 +217,8 @@ def test_dry_run_uses_scores_file(tmp_path, model):
     folder = tmp_path / "config-only"
     model.config.save_pretrained(folder)
     result = compute_importance(model, random_batches(), "bi", 2)
-    (tmp_path / "scores.json").write_text(json.dumps(result.to_dict()))
+    record = result.to_dict() | {"model": str(folder)}
+    (tmp_path / "scores.json").write_text(json.dumps(record))
     config = PruneConfig(
         parent=str(folder), target_layers=4, metric="bi", scores=str(tmp_path / "scores.json")
     )
@@ -240,6 +271,39 @@ def test_malformed_scores_file(tmp_path, model, content):
     )
     with pytest.raises(MinitronError, match="not a scores.json"):
         dry_run(config)
+
+
+def write_scores(tmp_path, parent, **changes):
+    """A config-only parent folder and a scores.json for it, with ``changes``."""
+    folder = tmp_path / "config-only"
+    parent.config.save_pretrained(folder)
+    record = compute_importance(parent, random_batches(), "bi", 2).to_dict()
+    record |= {"model": str(folder)} | changes
+    (tmp_path / "scores.json").write_text(json.dumps(record))
+    return PruneConfig(
+        parent=str(folder), target_layers=4, metric="bi", scores=str(tmp_path / "scores.json")
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"num_layers": "6"}, {"block_size": 2.5}, {"layers": ["x"] * 6}, {"blocks": None},
+     {"tokens": "many"}, {"baseline_loss": "low"}, {"metric": 3}],
+)  # fmt: skip
+def test_scores_file_with_wrong_types_is_one_error(tmp_path, model, change):
+    config = write_scores(tmp_path, model, **change)
+    with pytest.raises(MinitronError, match="not a scores.json"):
+        dry_run(config)
+
+
+def test_scores_file_must_be_for_the_same_parent(tmp_path, model):
+    other = tmp_path / "other-model"
+    model.config.save_pretrained(other)
+    config = write_scores(tmp_path, model, model=str(other))
+    with pytest.raises(MinitronError, match="scores were computed for .*other-model"):
+        dry_run(config)
+    same = write_scores(tmp_path, model, model_identity=str((tmp_path / "config-only").resolve()))
+    assert dry_run(same)["layers_after"] == 4
 
 
 def test_scores_with_drop_layers_is_an_error():

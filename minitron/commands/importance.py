@@ -15,7 +15,13 @@ from minitron.config import DataConfig, Device, Dtype, config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.importance import ImportanceResult, check_block_size, compute_importance
-from minitron.io import atomic_output_dir, check_output_dir, load_config, load_model
+from minitron.io import (
+    atomic_output_dir,
+    check_output_dir,
+    load_config,
+    load_model,
+    model_identity,
+)
 from minitron.plots import plot_importance
 
 Metric = Literal["bi", "angular", "loss"]
@@ -67,7 +73,11 @@ def run_importance(
         model, batches(data.calibration, config.data.batch_size), config.metric, config.block_size
     )
     result.data = data.info
-    record = result.to_dict() | {"model": config.model, "config": config_to_dict(config)}
+    record = result.to_dict() | {
+        "model": config.model,
+        "model_identity": model_identity(config.model),
+        "config": config_to_dict(config),
+    }
     with atomic_output_dir(output, overwrite) as tmp:
         (tmp / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_importance(result, tmp / "importance.png", f"{config.model}: {config.metric}")

@@ -21,13 +21,20 @@ from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.evaluate import perplexity
 from minitron.importance import ImportanceResult, compute_importance
-from minitron.io import atomic_output_dir, check_output_dir, load_config, load_model
+from minitron.io import (
+    atomic_output_dir,
+    check_output_dir,
+    load_config,
+    load_model,
+    model_identity,
+)
 from minitron.prune import (
     DepthPlan,
     check_request,
     count_parameters,
     drop_count,
     drop_layers,
+    per_layer_updates,
     plan_depth,
     scores_block_size,
 )
@@ -97,9 +104,19 @@ def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> Impor
         raise MinitronError(f"scores file not found: {path}")
     not_scores = MinitronError(f"{path}: not a scores.json written by minitron importance")
     try:
-        result = ImportanceResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        record = json.loads(path.read_text(encoding="utf-8"))
+        result = ImportanceResult.from_dict(record)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError):
         raise not_scores from None
+    scored = record.get("model_identity") or (
+        _identity(record["model"]) if isinstance(record.get("model"), str) else None
+    )
+    if scored is None:
+        raise not_scores
+    if scored != _identity(config.parent):
+        raise MinitronError(
+            f"{path}: scores were computed for {scored}, not for the parent {config.parent}"
+        )
     if result.num_layers != num_layers:
         raise MinitronError(
             f"{path}: scores are for {result.num_layers} layers, the parent has {num_layers}"
@@ -120,11 +137,20 @@ def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> Impor
     return result
 
 
+def _identity(spec: str) -> str:
+    """``model_identity`` of a spec, or the spec itself if it no longer resolves."""
+    try:
+        return model_identity(spec)
+    except MinitronError:
+        return spec
+
+
 def _prepare(config: PruneConfig) -> tuple[Any, int, ImportanceResult | None]:
     """Everything checkable without weights: parent config, layer count, scores file."""
     parent_config = load_config(config.parent, config.trust_remote_code)
     num_layers = parent_config.num_hidden_layers
     check_request(config, num_layers)
+    per_layer_updates(parent_config, list(range(num_layers)), num_layers)  # refuse early
     scores = load_scores(config.scores, config, num_layers) if config.scores else None
     return parent_config, num_layers, scores
 
