@@ -1,0 +1,61 @@
+"""Task-scored importance against a slow loop over physically pruned copies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from minitron.prune import drop_layers, layers_removed
+from minitron.task_importance import task_importance
+from tests.conftest import random_batches, tiny_llama
+
+
+def next_token_accuracy(batch: torch.Tensor):
+    """A tiny graded task: mean probability the model gives the next token of ``batch``."""
+
+    @torch.no_grad()
+    def score(model) -> float:
+        probs = model(input_ids=batch).logits[:, :-1].softmax(-1)  # [B, T-1, V]
+        return probs.gather(-1, batch[:, 1:, None]).mean().item()
+
+    return score
+
+
+def test_layers_removed_restores_the_model_exactly():
+    model = tiny_llama(no_rope_layers=[1, 0, 1, 1, 0, 1])
+    (ids,) = random_batches(count=1)
+    before = model(input_ids=ids).logits
+    config_before = model.config.to_dict()
+    with layers_removed(model, [1, 2]) as kept:
+        assert kept == [0, 3, 4, 5] and model.config.no_rope_layers == [1, 1, 0, 1]
+        reference = copy.deepcopy(model)
+    pruned = tiny_llama(no_rope_layers=[1, 0, 1, 1, 0, 1])
+    drop_layers(pruned, [1, 2])
+    torch.testing.assert_close(reference(input_ids=ids).logits, pruned(input_ids=ids).logits)
+    assert torch.equal(model(input_ids=ids).logits, before)
+    assert model.config.to_dict() == config_before
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(6))
+
+
+@pytest.mark.parametrize("block_size", [1, 2])
+def test_task_scores_rank_blocks_as_a_slow_reference(block_size):
+    model = tiny_llama()
+    (batch,) = random_batches(count=1, batch=4, seq_len=24, seed=3)
+    score = next_token_accuracy(batch)
+    result = task_importance(model, score, "next-token", block_size)
+
+    def reference(removed) -> float:
+        pruned = copy.deepcopy(model)
+        drop_layers(pruned, removed)
+        return 1.0 - score(pruned)
+
+    blocks = [reference(range(s, s + block_size)) for s in range(6 - block_size + 1)]
+    assert result.blocks == pytest.approx(blocks, abs=1e-9)
+    assert max(blocks) - min(blocks) > 1e-4  # the candidates really differ
+    assert result.layers == pytest.approx([reference([i]) for i in range(6)], abs=1e-9)
+    assert result.baseline_loss == pytest.approx(1.0 - score(model))
+    order = sorted(range(len(blocks)), key=blocks.__getitem__)
+    assert result.least_important_block() == order[0]
+    assert result.metric == "task:next-token"
