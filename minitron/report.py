@@ -23,6 +23,8 @@ from typing import Any
 from minitron.errors import MinitronError
 
 FILES = ("prune.json", "distill.json", "results.json", "bench.json")
+# lm-eval metrics reported as fractions in [0, 1]; shown as percent like the model cards
+FRACTION_METRICS = ("acc", "exact_match", "pass@", "mc1", "mc2", "f1", "em")
 ROLES = ("parent", "pruned", "student", "distilled")  # row order; other models follow
 
 
@@ -223,9 +225,13 @@ def _add_eval(report: Report, data: dict[str, Any], path: Path) -> None:
         if "data" in ppl:
             column = f"ppl ({ppl['data']})"
             report.put(row, column, data, path, "models", i, "perplexity", "value", digits=2)
-        for task in entry.get("tasks") or {}:
+        for task, result in (entry.get("tasks") or {}).items():
             at = ("models", i, "tasks", task)
-            report.put(row, f"{task} %", data, path, *at, "value", scale=100.0, digits=1)
+            metric = str(result.get("metric", ""))
+            if metric.startswith(FRACTION_METRICS):
+                report.put(row, f"{task} %", data, path, *at, "value", scale=100.0, digits=1)
+            else:
+                report.put(row, f"{task} ({metric})", data, path, *at, "value", digits=4)
             report.put(row, f"{task} card %", data, path, *at, "published")
 
 
@@ -271,7 +277,7 @@ def _column_rank(column: str) -> int:
         return fixed[column]
     if column.startswith(("ppl", "val ppl", "distill")):
         return 4
-    if column.endswith("%"):
+    if column.endswith(("%", ")")):  # task scores; perplexity columns matched above
         return 5
     return 6  # throughput
 

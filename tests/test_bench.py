@@ -191,3 +191,41 @@ def test_bad_options_and_existing_output(tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(MinitronError, match="output folder exists"):
         run_bench(BenchConfig(models=[str(LLAMA_8B)], speed=False), tmp_path / "out")
+
+
+def test_kv_cache_of_nemotron_51b_vs_llama_70b():
+    """Puzzle's 51B: 54 attention layers (kv 8, 4, 2 or 1 heads), 26 without a cache."""
+    config = json.loads((ROOT / "tests/fixtures/nemotron-51b-instruct/config.json").read_text())
+    heads = bench.kv_heads_per_layer(config)
+    assert len(heads) == 80 and heads.count(0) == 26 and set(heads) == {0, 1, 2, 4, 8}
+    assert bench.kv_bytes_per_token(config) == 189_952  # vs 327,680 for Llama-3.1-70B
+    assert bench.kv_bytes_per_token(config) == 2 * sum(heads) * 128 * 2
+
+
+def test_checkpoint_and_config_only_folder_give_the_same_sizes(tmp_path, tiny_checkpoint):
+    config_only = write_config(tmp_path / "config-only", 6)
+    record = run_bench(
+        BenchConfig(
+            models=[str(tiny_checkpoint), str(config_only)], batch_sizes=[1], prompt_len=4,
+            gen_len=2, repeats=1, warmup=0, threads=1,
+        )
+    )  # fmt: skip
+    real, fake = record["models"]
+    assert (real["weights"], fake["weights"]) == ("checkpoint", "random (config only)")
+    assert real["params"] == fake["params"] == tiny_llama(6).num_parameters()
+    assert real["kv_bytes_per_token"] == 2 * 6 * 2 * 8 * 2  # 2 KV heads of 32 / 4
+    assert real["speedup"] == {"b1_t4": 1.0} and fake["speedup"]["b1_t4"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_on_cuda(tmp_path):
+    deep, shallow = write_config(tmp_path / "deep", 8), write_config(tmp_path / "shallow", 2)
+    config = BenchConfig(
+        models=[str(deep), str(shallow)], batch_sizes=[1, 4], prompt_len=16, gen_len=8,
+        device="cuda",
+    )  # fmt: skip
+    record = run_bench(config)
+    assert record["device"] == "cuda" and record["dtype"] == "bfloat16"
+    assert all(m["timing_skipped"] is None for m in record["models"])
+    assert set(record["models"][1]["speedup"]) == {"b1_t16", "b4_t16"}

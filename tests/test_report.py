@@ -54,6 +54,8 @@ def make_runs(root: Path) -> dict[str, Path]:
                               "num_fewshot": 0, "samples": 100, "published": 73.2},
                 "winogrande": {"metric": "acc", "value": wg, "stderr": 0.02,
                                "num_fewshot": 0, "samples": 100, "published": None},
+                "wikitext": {"metric": "word_perplexity", "value": ppl * 1.37, "stderr": None,
+                             "num_fewshot": 0, "samples": 10, "published": None},
             },
             "perplexity": {"data": "stdlib", "value": ppl, "tokens": 4096},
         }  # fmt: skip
@@ -134,8 +136,8 @@ def test_report_of_a_demo_run(tmp_path):
     out = tmp_path / "report"
     result = minitron("report", tmp_path / "runs", "--output", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # sizes 3 x 4, prune ppl 2, distill 3 + 1, eval 3 x 4, bench 3 x 6
-    assert check_every_number(out) == 12 + 2 + 4 + 12 + 18
+    # sizes 3 x 4, prune ppl 2, distill 3 + 1, eval 3 x 5, bench 3 x 6
+    assert check_every_number(out) == 12 + 2 + 4 + 15 + 18
     record = json.loads((out / "report.json").read_text())
     rows = {row["role"]: row for row in record["rows"]}
     assert [r["role"] for r in record["rows"]] == ["parent", "pruned", "distilled"]
@@ -151,6 +153,7 @@ def test_report_of_a_demo_run(tmp_path):
     assert cells["distilled"]["val ppl (distill)"] == "49.90"
     assert cells["distilled"]["hellaswag %"] == "33.5" and cells["pruned"]["winogrande %"] == "50.1"
     assert cells["parent"]["hellaswag card %"] == "73.2"
+    assert cells["pruned"]["wikitext (word_perplexity)"] == f"{97.35 * 1.37:.4f}"
     assert "winogrande card %" not in record["columns"]  # no card number anywhere
     assert cells["distilled"]["speed-up b1_t128"] == "1.43"
     assert cells["parent"]["bf16 GiB"] == "0.251" and cells["pruned"]["KV KiB/token"] == "15.0"
