@@ -150,14 +150,14 @@ def free_memory(device: str) -> int:
 
 
 def timing_skip_reason(
-    size: dict[str, Any], config: BenchConfig, device: str, speed: tuple[float, float]
+    size: dict[str, Any], config: BenchConfig, device: str, device_speed: tuple[float, float]
 ) -> str | None:
     """Why ``size``'s model is not timed, or ``None`` when it is.
 
-    Timing is skipped when ``speed`` is off; when the weights in the timing
+    Timing is skipped when ``config.speed`` is off; when the weights in the timing
     dtype plus the largest KV cache need more than 80% of the free memory; or
     when timing is guessed to take more than ``max_seconds`` on a device
-    measured at ``speed`` (FLOP/s, bytes/s).
+    measured at ``device_speed`` (FLOP/s, bytes/s).
     """
     if not config.speed:
         return "--no-speed"
@@ -172,7 +172,7 @@ def timing_skip_reason(
     runs = config.warmup + config.repeats
     guess = estimate_seconds(
         size["params"], value_bytes, config.batch_sizes, config.prompt_len, config.gen_len,
-        runs, speed,
+        runs, device_speed,
     )  # fmt: skip
     if config.max_seconds and guess > config.max_seconds:
         return f"would take about {guess:,.0f} s here, over --max-seconds {config.max_seconds:g}"
@@ -255,7 +255,8 @@ def run_bench(
 
 def _time_all(sizes: list[dict[str, Any]], config: BenchConfig, device: str) -> None:
     """Add timings (or the reason there are none) and speed-ups to each entry of ``sizes``."""
-    speed = probe_device(torch.device(device), resolve_dtype(config.dtype, device))
+    dtype = resolve_dtype(config.dtype, device)
+    speed = probe_device(torch.device(device), dtype) if config.speed else (0.0, 0.0)
     for size in sizes:
         size["timing_skipped"] = timing_skip_reason(size, config, device, speed)
         if size["timing_skipped"] is None:
@@ -263,4 +264,6 @@ def _time_all(sizes: list[dict[str, Any]], config: BenchConfig, device: str) -> 
             size.update(time_model(model, config))
             del model
             gc.collect()
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()  # so the next model's memory check sees it freed
     add_speedups(sizes)
