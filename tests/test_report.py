@@ -229,3 +229,27 @@ def test_missing_run_folder_and_existing_output(tmp_path):
         run_report(ReportConfig([str(tmp_path / "runs")], str(tmp_path / "out")))
     with pytest.raises(MinitronError, match="would replace the input"):
         run_report(ReportConfig([str(tmp_path / "runs")], str(tmp_path / "runs")), overwrite=True)
+
+
+def test_report_of_real_prune_and_bench_output(tmp_path, tiny_checkpoint, monkeypatch):
+    """The files ``minitron prune`` and ``minitron bench`` really write, not hand-made ones."""
+    from minitron.commands.bench import BenchConfig, run_bench
+    from minitron.commands.prune import PruneConfig, run_prune
+    from minitron.config import DataConfig
+
+    monkeypatch.chdir(tmp_path)
+    data = DataConfig(samples=2, heldout=2, seq_len=16, batch_size=2)
+    pruned = tmp_path / "run" / "pruned"
+    run_prune(PruneConfig(parent=str(tiny_checkpoint), drop_layers=[2, 3], data=data), pruned)
+    bench = BenchConfig(
+        models=[str(tiny_checkpoint), str(pruned)], batch_sizes=[1], prompt_len=4, gen_len=2,
+        repeats=1, warmup=0, threads=1,
+    )  # fmt: skip
+    run_bench(bench, tmp_path / "run" / "bench")
+    record, _ = run_report(ReportConfig(["run"], "report"))
+    assert check_every_number(tmp_path / "report") == 2 * (4 + 1 + 3)
+    parent, child = record["rows"]
+    assert (parent["role"], child["role"]) == ("parent", "pruned")
+    assert (parent["cells"]["layers"]["text"], child["cells"]["layers"]["text"]) == ("6", "4")
+    assert child["cells"]["params"]["key"] == "/params_after"
+    assert child["cells"]["speed-up b1_t4"]["file"].endswith("bench.json")
