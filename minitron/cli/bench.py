@@ -85,15 +85,23 @@ def _ratio(value: float, reference: float) -> str:
     return f"{value / reference:.4f}×"
 
 
+def _name(entry: dict[str, Any]) -> str:
+    """A short table label: a folder's own name; ``*`` marks random weights."""
+    spec = entry["model"]
+    name = Path(spec).name if Path(spec).expanduser().exists() else spec
+    return name + ("*" if entry["weights"] != "checkpoint" else "")
+
+
 def _print_sizes(record: dict[str, Any]) -> None:
-    table = Table(title="model sizes (bf16)")
-    for name in ("model", "weights", "params", "vs first", "layers", "bf16 weights", "KV/token"):
-        table.add_column(name, justify="left" if name in ("model", "weights") else "right")
+    table = Table(title="model sizes in bf16 (* = random weights from a config-only folder)")
+    table.add_column("model", overflow="fold")
+    for name in ("params", "vs first", "layers", "bf16 weights", "KV/token"):
+        table.add_column(name, justify="right", no_wrap=True)
     first = record["models"][0]
     for m in record["models"]:
         table.add_row(
-            m["model"], m["weights"], f"{m['params']:,}", _ratio(m["params"], first["params"]),
-            str(m["layers"]), gib(m["bf16_bytes"]), f"{m['kv_bytes_per_token'] / 1024:,.0f} KiB",
+            _name(m), f"{m['params']:,}", _ratio(m["params"], first["params"]),
+            str(m["layers"]), gib(m["bf16_bytes"]), f"{m['kv_bytes_per_token'] / 1024:,.1f} KiB",
         )  # fmt: skip
     out.print(table)
 
@@ -103,13 +111,14 @@ def _print_speed(record: dict[str, Any], config: BenchConfig) -> None:
         title=f"tokens/s on {record['device']} ({record['dtype']}), prompt {config.prompt_len}, "
         f"+{config.gen_len} new, median of {config.repeats}; speed-up = decode vs the first model"
     )
-    for name in ("model", "batch", "prefill tok/s", "decode tok/s", "speed-up"):
-        table.add_column(name, justify="left" if name == "model" else "right")
+    table.add_column("model", overflow="fold")
+    for name in ("batch", "prefill tok/s", "decode tok/s", "speed-up"):
+        table.add_column(name, justify="right", no_wrap=True)
     for m in record["models"]:
         for key, decode in m.get("decode_tokens_per_s", {}).items():
             speedup = m["speedup"].get(key)
             table.add_row(
-                m["model"], key, f"{m['prefill_tokens_per_s'][key]:,.1f}", f"{decode:,.1f}",
+                _name(m), key, f"{m['prefill_tokens_per_s'][key]:,.1f}", f"{decode:,.1f}",
                 f"{speedup:.2f}×" if speedup is not None else "—",
             )  # fmt: skip
     out.print(table)
