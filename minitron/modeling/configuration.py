@@ -97,8 +97,13 @@ class DeciLMConfig(PreTrainedConfig):
 
     @property
     def layer_types(self) -> list[str]:
-        """Cache layout for transformers' caches: layers without attention hold no cache."""
-        return ["full_attention" if b.attention.has_heads else "dummy" for b in self.block_configs]
+        """Cache layout for transformers' caches: layers without attention hold no cache.
+
+        transformers' caches turn a layer typed ``moe`` (its legacy name for "a layer
+        without attention") into a ``DummyLayer``; ``dummy`` itself fails its config
+        validation. Derived from ``block_configs``, never saved.
+        """
+        return ["full_attention" if b.attention.has_heads else "moe" for b in self.block_configs]
 
     def kv_heads(self, layer: int) -> int | None:
         """K/V heads of a layer, None when it has no softmax attention."""

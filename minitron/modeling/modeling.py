@@ -191,7 +191,7 @@ class DeciLMModel(DeciLMPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        has_attention = "full_attention" in self.config.layer_types
+        has_attention = any(b.attention.has_heads for b in self.config.block_configs)
         if not has_attention:  # nothing to cache, no positions or mask needed
             past_key_values = None
         elif use_cache and past_key_values is None:
