@@ -19,7 +19,15 @@ from torch import nn
 from minitron.errors import MinitronError
 from minitron.modeling import BlockConfig
 from minitron.nas.blocks import attention_no_op, ffn_no_op, nas_layer
-from minitron.nas.calibrate import ChannelStats, LinearFit, hooks, input_hook, io_hook
+from minitron.nas.calibrate import (
+    RIDGE,
+    ChannelStats,
+    LinearFit,
+    hooks,
+    input_hook,
+    io_hook,
+    run_batches,
+)
 from minitron.nas.ffn import resize_ffn
 from minitron.nas.kv import reduce_kv_heads
 from minitron.nas.linear import set_linear_attention, set_linear_ffn
@@ -91,7 +99,7 @@ def apply_block_configs(
     model: nn.Module,
     blocks: Sequence[BlockConfig | dict],
     batches: Sequence[torch.Tensor],
-    ridge: float = 0.0,
+    ridge: float = RIDGE,
 ) -> list[dict[str, Any]]:
     """Edit every layer of a nemotron-nas ``model`` to ``blocks[layer]``. In place.
 
@@ -142,11 +150,9 @@ def _collect(model: nn.Module, edits: list[Edit], batches) -> dict[tuple[int, st
         return stats
     if not batches:
         raise MinitronError("these edits need calibration data, and none was given")
-    device = next(model.parameters()).device
-    with hooks(handles), torch.no_grad(), progress("calibrating", len(batches)) as advance:
-        for batch in batches:
-            model(input_ids=batch.to(device), use_cache=False)
-            advance(1)
+    last = max(layer for layer, _ in stats)
+    with hooks(handles), progress("calibrating", len(batches)) as advance:
+        run_batches(model, batches, last_layer=last, advance=advance)
     return stats
 
 

@@ -39,6 +39,13 @@ class ChannelStats:
         return (self.total / self.count).cpu()
 
 
+# Default ridge of the linear fits, relative to the mean diagonal of XᵀX. Measured on
+# SmolLM2-135M (attention -> linear in layers 8-15, 768 calibration tokens for 576
+# inputs, held-out perplexity): ridge 0 -> 160, 1e-3 -> 70, 1e-2 -> 49, 1e-1 -> 45;
+# no_op 75. Plain least squares overfits when tokens are few next to the width.
+RIDGE = 1e-2
+
+
 class LinearFit:
     """Least squares ``y ≈ W x`` from streamed pairs, via float64 normal equations."""
 
@@ -58,7 +65,7 @@ class LinearFit:
         self.yty += float((yf * yf).sum())
         self.count += xf.shape[0]
 
-    def solve(self, ridge: float = 0.0) -> torch.Tensor:
+    def solve(self, ridge: float = RIDGE) -> torch.Tensor:
         """The ``[d_out, d_in]`` float64 weight minimising ``Σ|y - W x|² + λ|W|²``.
 
         Args:
@@ -111,9 +118,34 @@ def hooks(handles: Sequence) -> Iterator[None]:
             handle.remove()
 
 
+class _Stop(Exception):
+    """Raised by a hook to end a calibration forward once the last needed layer ran."""
+
+
 @torch.no_grad()
-def run_batches(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Forward every calibration batch ``[B, T]`` (no cache), for the hooks' sake."""
+def run_batches(
+    model: nn.Module,
+    batches: Sequence[torch.Tensor],
+    last_layer: int | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> None:
+    """Forward every calibration batch ``[B, T]`` (no cache), for the hooks' sake.
+
+    Only the decoder runs (no LM head), and it stops after layer ``last_layer`` when
+    given: later layers cannot change what hooks on earlier ones see.
+    """
     device = next(model.parameters()).device
-    for batch in batches:
-        model(input_ids=batch.to(device), use_cache=False)
+    layers = model.model.layers
+    handles = []
+    if last_layer is not None and last_layer < len(layers) - 1:
+
+        def stop(module, args, output):
+            raise _Stop
+
+        handles.append(layers[last_layer].register_forward_hook(stop))
+    with hooks(handles):
+        for batch in batches:
+            with contextlib.suppress(_Stop):
+                model.model(input_ids=batch.to(device), use_cache=False)
+            if advance is not None:
+                advance(1)

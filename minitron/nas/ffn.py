@@ -28,7 +28,7 @@ def ffn_channel_importance(
     mlp = _swiglu(model, layer)
     stats = ChannelStats()
     with hooks([input_hook(mlp.down_proj, stats.add)]):
-        run_batches(model, batches)
+        run_batches(model, batches, last_layer=layer)
     return stats.mean()
 
 

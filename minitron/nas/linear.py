@@ -15,7 +15,7 @@ from torch import nn
 from minitron.errors import MinitronError
 from minitron.modeling.modeling import DeciLMLinearAttention, DeciLMLinearMLP
 from minitron.nas.blocks import like, nas_layer, set_attention, set_ffn
-from minitron.nas.calibrate import LinearFit, hooks, io_hook, run_batches
+from minitron.nas.calibrate import RIDGE, LinearFit, hooks, io_hook, run_batches
 
 
 def sub_block(model: nn.Module, layer: int, part: str) -> nn.Module:
@@ -40,7 +40,7 @@ def fit_sub_block(
     """
     fit = LinearFit()
     with hooks([io_hook(sub_block(model, layer, part), fit.add)]):
-        run_batches(model, batches)
+        run_batches(model, batches, last_layer=layer)
     return fit
 
 
@@ -67,7 +67,7 @@ def set_linear_ffn(model: nn.Module, layer: int, weight: torch.Tensor) -> None:
 
 
 def attention_to_linear(
-    model: nn.Module, layer: int, batches: Sequence[torch.Tensor], ridge: float = 0.0
+    model: nn.Module, layer: int, batches: Sequence[torch.Tensor], ridge: float = RIDGE
 ) -> float:
     """Replace ``layer``'s attention by a least-squares linear map. In place.
 
@@ -85,7 +85,7 @@ def attention_to_linear(
 
 
 def ffn_to_linear(
-    model: nn.Module, layer: int, batches: Sequence[torch.Tensor], ridge: float = 0.0
+    model: nn.Module, layer: int, batches: Sequence[torch.Tensor], ridge: float = RIDGE
 ) -> float:
     """Replace ``layer``'s FFN by a least-squares linear map. In place.
 
