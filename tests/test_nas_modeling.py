@@ -109,6 +109,43 @@ def test_identity_conversion_gives_the_llama_logits():
     )
 
 
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+def test_llama3_rope_converts_saves_and_loads_exactly(tmp_path):
+    llama = tiny_nas_llama(num_layers=2, rope_parameters=dict(LLAMA3_ROPE))
+    nas = llama_to_nas(llama)
+    ids = token_batches(1, seq_len=40)[0]
+    with torch.no_grad():
+        assert torch.allclose(llama(ids).logits, nas(ids).logits, atol=1e-5, rtol=0)
+    plain = llama_to_nas(tiny_nas_llama(num_layers=2))
+    assert not torch.allclose(nas.model.rotary_emb.inv_freq, plain.model.rotary_emb.inv_freq)
+    nas.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["rope_theta"] == 500000.0 and "rope_parameters" not in saved
+    assert saved["rope_scaling"] == {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, nas(ids).logits)
+
+
+def test_sdpa_is_the_default_and_equals_eager():
+    model = tiny_nas()
+    assert model.config._attn_implementation == "sdpa"
+    ids = token_batches(1)[0]
+    with torch.no_grad():
+        sdpa = model(ids).logits
+        model.set_attn_implementation("eager")
+        assert torch.allclose(model(ids).logits, sdpa, atol=1e-4)
+
+
 def test_tied_llama_converts_with_tied_head():
     llama = tiny_nas_llama(num_layers=2, tie_word_embeddings=True)
     nas = llama_to_nas(llama)
