@@ -22,9 +22,11 @@ from minitron.nas import (
     narrow_ffn,
     reduce_kv_heads,
 )
-from tests.nas_helpers import block, tiny_nas_llama, token_batches
+from tests.nas_helpers import block, single_thread, tiny_nas_llama, token_batches
 
 HEADS, HEAD_DIM, HIDDEN = 8, 8, 64
+
+one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def logits(model, ids):

@@ -22,13 +22,23 @@ from minitron.modeling import (
     nas_config_from_llama,
 )
 from minitron.nas import layer_parameters
-from tests.nas_helpers import MIXED, block, published, tiny_nas, tiny_nas_llama, token_batches
+from tests.nas_helpers import (
+    MIXED,
+    block,
+    published,
+    single_thread,
+    tiny_nas,
+    tiny_nas_llama,
+    token_batches,
+)
 
 PUBLISHED_COUNTS = {
     "nemotron-super-49b-v1": 49_867_145_216,
     "nemotron-ultra-253b-v1": 253_401_268_224,
     "nemotron-51b-instruct": 51_501_015_040,  # reconstructed config (SOURCES.md)
 }
+
+one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 def width_by_hand(ffn_mult: float, hidden: int) -> int:
@@ -79,6 +89,15 @@ def test_llama_70b_config_converts_to_its_exact_count():
     h, kv_dim, ffn, vocab = 8192, 8 * 128, 28672, 128256
     by_hand = 80 * (2 * h + 2 * h * h + 2 * h * kv_dim + 3 * h * ffn) + 2 * vocab * h + h
     assert count_parameters(llama) == count_parameters(nas) == by_hand == 70_553_706_496
+
+
+def test_smollm2_config_converts_and_counts_like_the_real_model():
+    raw = published("smollm2-135m")
+    nas = nas_config_from_llama(LlamaConfig.from_dict(raw))
+    assert nas.tie_word_embeddings and nas.block_configs[0].describe() == "attn g3 + ffn 4"
+    h, kv_dim, ffn, vocab = 576, 3 * 64, 1536, 49152
+    by_hand = 30 * (2 * h + 2 * h * h + 2 * h * kv_dim + 3 * h * ffn) + vocab * h + h
+    assert count_parameters(nas) == by_hand == 134_515_008  # tied head counted once
 
 
 def test_smollm2_width_is_reachable_and_odd_widths_are_refused():
@@ -319,3 +338,8 @@ def test_bad_ffn_and_block_counts_are_errors():
         DeciLMConfig.from_dict(raw | {"block_configs": raw["block_configs"][:79]})
     with pytest.raises(MinitronError, match="unsupported nemotron-nas feature: sliding_window"):
         DeciLMConfig.from_dict(raw | {"sliding_window": 4096})
+    with pytest.raises(MinitronError, match="unsupported nemotron-nas feature: layer_types"):
+        DeciLMConfig.from_dict(raw | {"layer_types": ["full_attention"] * 80})
+    with pytest.raises(MinitronError, match="head_dim 64 is not hidden_size // heads"):
+        DeciLMConfig.from_dict(raw | {"head_dim": 64})
+    assert DeciLMConfig.from_dict(raw | {"head_dim": 128}).head_dim == 128

@@ -54,7 +54,14 @@ class DeciLMConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         kwargs.pop("auto_map", None)
-        kwargs.pop("head_dim", None)  # always hidden // heads in this format
+        for key in ("sliding_window", "layer_types"):
+            if kwargs.pop(key, None) is not None:
+                raise MinitronError(f"unsupported nemotron-nas feature: {key}")
+        head_dim = kwargs.pop("head_dim", None)  # always hidden // heads in this format
+        if head_dim is not None and head_dim * self.num_attention_heads != self.hidden_size:
+            raise MinitronError(
+                f"nemotron-nas config: head_dim {head_dim} is not hidden_size // heads"
+            )
         if self.block_configs is None:
             raise MinitronError("nemotron-nas config: block_configs is missing")
         blocks = self.block_configs
@@ -73,9 +80,6 @@ class DeciLMConfig(PreTrainedConfig):
                 f"nemotron-nas config: hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
             )
-        for key in ("sliding_window", "layer_types"):
-            if key in self.__dict__ and self.__dict__[key] is not None:
-                raise MinitronError(f"unsupported nemotron-nas feature: {key}")
 
     def _check_blocks(self) -> None:
         if len(self.block_configs) != self.num_hidden_layers:
