@@ -1,7 +1,7 @@
 """The edits' initialisations matter, on the real embedded model (SmolLM2-135M) and held-out text.
 
 Each test prints both held-out perplexities of its pair. Kept short on 2 cores:
-768 calibration tokens (384 for FFN channels), 256 held-out tokens, one model copy per variant.
+1024 calibration tokens (512 for FFN channels), 512 held-out tokens, one model copy per variant.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from minitron.io import load_model
 from minitron.modeling import AttentionConfig, intermediate_size_to_ffn_mult, llama_to_nas
 from minitron.nas import apply_block_configs, reduce_kv_heads, resize_ffn, set_linear_attention
 from minitron.nas.calibrate import RIDGE
+from tests.nas_helpers import single_thread
 
 pytestmark = pytest.mark.slow
+one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")
 def setup():
     model, tokenizer = load_model("smollm2-135m", dtype="float32", device="cpu")
-    data = load_text_data(DataConfig(samples=6, heldout=2, seq_len=128), tokenizer)
+    data = load_text_data(DataConfig(samples=8, heldout=4, seq_len=128), tokenizer)
     nas = llama_to_nas(model)
-    return nas, batches(data.calibration, 3), batches(data.heldout, 2)
+    return nas, batches(data.calibration, 4), batches(data.heldout, 2)
 
 
 @torch.no_grad()
@@ -102,9 +104,9 @@ def test_least_squares_linear_attention_beats_identity_and_no_op(setup):
     no_op = copy.deepcopy(nas)
     plan = edit_blocks(no_op, layers, attention=lambda b: AttentionConfig(no_op=True))
     apply_block_configs(no_op, plan, [])
-    p_fit, p_id, p_no = (heldout_ppl(m, held) for m in (fitted, identity, no_op))
+    p_fit, p_id, p_no, p_parent = (heldout_ppl(m, held) for m in (fitted, identity, no_op, nas))
     print(
         f"attention -> linear in layers 8-15: least-squares (ridge {RIDGE}) ppl {p_fit:.2f}, "
-        f"identity W=I ppl {p_id:.2f}, no_op ppl {p_no:.2f}"
+        f"identity W=I ppl {p_id:.2f}, no_op ppl {p_no:.2f} (parent {p_parent:.2f})"
     )
     assert p_fit < p_id and p_fit < p_no
