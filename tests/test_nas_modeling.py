@@ -263,7 +263,11 @@ def test_fresh_process_loads_with_import_minitron_only(tmp_path):
         expected = model(ids).logits
     script = textwrap.dedent(
         f"""
-        import torch, minitron
+        import sys
+        import minitron
+        # import minitron stays light (CLI start-up); transformers' import registers it
+        assert "transformers" not in sys.modules and "torch" not in sys.modules
+        import torch
         from transformers import AutoModelForCausalLM
         from safetensors.torch import save_file
         model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})

@@ -1,7 +1,8 @@
 """nemotron-nas (DeciLM) config and model, registered with transformers' Auto classes.
 
-Importing ``minitron`` imports this package, after which
-``AutoConfig`` / ``AutoModelForCausalLM.from_pretrained`` read nemotron-nas
+Importing this package registers the classes; ``import minitron`` arranges for that
+to happen as soon as transformers is imported (``minitron._autoregister``), after
+which ``AutoConfig`` / ``AutoModelForCausalLM.from_pretrained`` read nemotron-nas
 checkpoints with minitron's classes, without ``trust_remote_code``.
 """
 
