@@ -21,7 +21,7 @@ from minitron.modeling import (
     llama_to_nas,
     nas_config_from_llama,
 )
-from minitron.nas import layer_parameters
+from minitron.nas import layer_parameters, plan_edits, target_config
 from tests.nas_helpers import (
     MIXED,
     block,
@@ -89,6 +89,16 @@ def test_llama_70b_config_converts_to_its_exact_count():
     h, kv_dim, ffn, vocab = 8192, 8 * 128, 28672, 128256
     by_hand = 80 * (2 * h + 2 * h * h + 2 * h * kv_dim + 3 * h * ffn) + 2 * vocab * h + h
     assert count_parameters(llama) == count_parameters(nas) == by_hand == 70_553_706_496
+
+
+def test_51b_blocks_on_the_70b_config_size_the_51b_model():
+    llama = LlamaConfig.from_dict(published("llama-3.1-70b-instruct"))
+    blocks = published("nemotron-51b-instruct")["block_configs"]
+    plan = plan_edits(nas_config_from_llama(llama), blocks)
+    assert {(e.attention, e.ffn) for e in plan} >= {("kv", "resize"), ("linear", "resize")}
+    target = target_config(llama, blocks)
+    assert (count_parameters(llama), count_parameters(target)) == (70_553_706_496, 51_501_015_040)
+    assert target.rope_parameters == nas_config_from_llama(llama).rope_parameters
 
 
 def test_smollm2_config_converts_and_counts_like_the_real_model():

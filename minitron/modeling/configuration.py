@@ -116,6 +116,20 @@ class DeciLMConfig(PreTrainedConfig):
             return None
         return self.num_attention_heads // attention.n_heads_in_group
 
+    def with_blocks(self, blocks) -> DeciLMConfig:
+        """A new config equal to this one but with ``blocks`` (objects or published dicts).
+
+        Raises:
+            MinitronError: If a block is invalid or their number is not the layer count.
+        """
+        data = self.to_dict()
+        data["block_configs"] = [
+            BlockConfig.from_dict(b, f"block_configs[{i}]").to_dict() for i, b in enumerate(blocks)
+        ]
+        config = type(self).from_dict(data)
+        config._attn_implementation = self._attn_implementation
+        return config
+
     def to_dict(self) -> dict[str, Any]:
         """Serialize with the published keys (``block_configs`` as dicts, ``rope_scaling``)."""
         out = super().to_dict()

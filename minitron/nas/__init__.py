@@ -23,7 +23,7 @@ from minitron.nas.linear import (
     set_linear_attention,
     set_linear_ffn,
 )
-from minitron.nas.params import count_parameters, layer_parameters
+from minitron.nas.params import count_parameters, layer_parameters, target_config
 
 __all__ = [
     "apply_block_configs",
@@ -42,4 +42,5 @@ __all__ = [
     "resize_ffn",
     "set_linear_attention",
     "set_linear_ffn",
+    "target_config",
 ]

@@ -13,7 +13,18 @@ from minitron.modeling import (
     nas_config_from_llama,
 )
 
-__all__ = ["count_parameters", "layer_parameters"]
+__all__ = ["count_parameters", "layer_parameters", "target_config"]
+
+
+def target_config(parent: Any, blocks) -> DeciLMConfig:
+    """The nemotron-nas config of ``parent`` (nemotron-nas or Llama) with ``blocks``.
+
+    Only configs: with ``count_parameters`` / ``layer_parameters`` it sizes an edit
+    plan of any model without loading it. ``plan_edits(parent_nas_config, blocks)``
+    checks that each edit can be made.
+    """
+    base = parent if isinstance(parent, DeciLMConfig) else nas_config_from_llama(parent)
+    return base.with_blocks(blocks)
 
 
 def layer_parameters(config: Any) -> list[int]:
