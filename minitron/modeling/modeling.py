@@ -1,0 +1,276 @@
+"""The nemotron-nas (DeciLM) causal LM: a Llama whose layers differ one from another.
+
+Built from transformers' Llama pieces (RMSNorm, rotary embedding, attention
+functions incl. sdpa, causal masks, DynamicCache). Per layer (``config.block_configs``):
+
+- attention: grouped-query attention with ``num_attention_heads // n_heads_in_group``
+  K/V heads (``self_attn.{q,k,v,o}_proj``), or ``x + W · norm(x)``
+  (``self_attn.linear_attn``), or nothing at all (no norm either);
+- FFN: SwiGLU of the layer's width (``mlp.{gate,up,down}_proj``), or
+  ``x + W · norm(x)`` (``mlp.linear_mlp``), or nothing.
+
+Layers without softmax attention hold no KV cache (``DummyLayer`` in the cache).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaMLP,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+)
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from minitron.modeling.configuration import DeciLMConfig
+
+
+class DeciLMAttention(LlamaAttention):
+    """Llama attention with this layer's own number of K/V heads (forward is Llama's)."""
+
+    def __init__(self, config: DeciLMConfig, layer_idx: int, num_key_value_heads: int):
+        nn.Module.__init__(self)
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        hidden, bias = config.hidden_size, config.attention_bias
+        q_out = config.num_attention_heads * self.head_dim
+        kv_out = num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(hidden, q_out, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_out, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_out, bias=bias)
+        self.o_proj = nn.Linear(q_out, hidden, bias=bias)
+
+
+class DeciLMMLP(LlamaMLP):
+    """Llama's SwiGLU FFN with this layer's own width (forward is Llama's)."""
+
+    def __init__(self, config: DeciLMConfig, intermediate_size: int):
+        nn.Module.__init__(self)
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = intermediate_size
+        bias = config.mlp_bias
+        self.gate_proj = nn.Linear(self.hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(self.hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, self.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+
+class DeciLMLinearAttention(nn.Module):
+    """Attention replaced by one linear map: the layer adds ``W · norm(x)``."""
+
+    def __init__(self, config: DeciLMConfig):
+        super().__init__()
+        self.linear_attn = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear_attn(hidden_states)
+
+
+class DeciLMLinearMLP(nn.Module):
+    """FFN replaced by one linear map: the layer adds ``W · norm(x)``."""
+
+    def __init__(self, config: DeciLMConfig):
+        super().__init__()
+        self.linear_mlp = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear_mlp(hidden_states)
+
+
+class DeciLMDecoderLayer(GradientCheckpointingLayer):
+    """One heterogeneous layer; absent sub-blocks (no_op) hold no modules at all."""
+
+    def __init__(self, config: DeciLMConfig, layer_idx: int):
+        super().__init__()
+        block = config.block_configs[layer_idx]
+        self.attention_kind = block.attention.kind
+        self.ffn_kind = block.ffn.kind
+        eps = config.rms_norm_eps
+        if self.attention_kind != "no_op":
+            self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=eps)
+            if self.attention_kind == "attention":
+                kv = config.kv_heads(layer_idx)
+                self.self_attn = DeciLMAttention(config, layer_idx, kv)
+            else:
+                self.self_attn = DeciLMLinearAttention(config)
+        if self.ffn_kind != "no_op":
+            self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=eps)
+            if self.ffn_kind == "ffn":
+                width = block.ffn.intermediate_size(config.hidden_size)
+                self.mlp = DeciLMMLP(config, width)
+            else:
+                self.mlp = DeciLMLinearMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if self.attention_kind == "attention":
+            attn, _ = self.self_attn(
+                hidden_states=self.input_layernorm(hidden_states),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            hidden_states = hidden_states + attn
+        elif self.attention_kind == "linear":
+            hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states))
+        if self.ffn_kind != "no_op":
+            hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states
+
+
+class DeciLMPreTrainedModel(PreTrainedModel):
+    config_class = DeciLMConfig
+    config: DeciLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DeciLMDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": DeciLMDecoderLayer, "attentions": DeciLMAttention}
+
+
+class DeciLMModel(DeciLMPreTrainedModel):
+    """The decoder stack: embeddings, heterogeneous layers, final norm."""
+
+    def __init__(self, config: DeciLMConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [DeciLMDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        has_attention = any(b.attention.has_heads for b in self.config.block_configs)
+        if not has_attention:  # nothing to cache, no positions or mask needed
+            past_key_values = None
+        elif use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + seen
+            position_ids = position_ids.unsqueeze(0)
+        causal_mask = None
+        if has_attention:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+            )
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        for layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values
+        )
+
+
+class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
+    """nemotron-nas causal LM (``architectures: ["DeciLMForCausalLM"]``)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: DeciLMConfig):
+        super().__init__(config)
+        self.model = DeciLMModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
