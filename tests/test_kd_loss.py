@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from minitron.distill import kd_function
 from minitron.distill.loss import ChunkedKDLoss, plain_kd_loss
 
 N, H_S, H_T, V = 37, 16, 24, 50
@@ -55,9 +56,10 @@ def grads(loss, hs, head):
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("top_k", [None, 5])
 @pytest.mark.parametrize("lm_weight", [0.0, 0.5])
-def test_matches_plain_formula_value_and_gradient(temperature, top_k, lm_weight):
+@pytest.mark.parametrize("grad_in_forward", [False, True])
+def test_matches_plain_formula_value_and_gradient(temperature, top_k, lm_weight, grad_in_forward):
     hs, s_head, ht, t_head, labels = make_inputs()
-    loss_fn = ChunkedKDLoss(temperature, top_k, lm_weight, chunk_tokens=8)  # 8 ∤ 37
+    loss_fn = ChunkedKDLoss(temperature, top_k, lm_weight, 8, grad_in_forward)  # 8 ∤ 37
     out = loss_fn(hs, s_head, ht, t_head, labels)
     args = (labels, temperature, top_k, lm_weight)
     want, want_kl = explicit_reference(hs, s_head, ht, t_head, *args)
@@ -115,11 +117,13 @@ def test_top_k_equal_models_gives_minus_log_top_k_mass():
     assert out.kl.item() == pytest.approx(want.item(), abs=1e-6)
 
 
-def test_chunk_size_does_not_change_the_result():
+def test_chunk_and_block_sizes_and_schedule_do_not_change_the_result(monkeypatch):
     hs, s_head, ht, t_head, labels = make_inputs(seed=5)
     results = []
-    for chunk in (1, 7, 37, 1000):
-        out = ChunkedKDLoss(2.0, None, 0.2, chunk_tokens=chunk)(hs, s_head, ht, t_head, labels)
+    for chunk, block_rows, fused in ((1, 1, False), (7, 3, True), (37, 5, False), (1000, 37, True)):
+        monkeypatch.setattr(kd_function, "BLOCK_ELEMENTS", block_rows * V)
+        loss_fn = ChunkedKDLoss(2.0, None, 0.2, chunk, grad_in_forward=fused)
+        out = loss_fn(hs, s_head, ht, t_head, labels)
         results.append((out.loss.detach(), *grads(out.loss, hs, s_head)))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
@@ -172,3 +176,22 @@ def test_bad_arguments():
         ChunkedKDLoss()(hs, s_head, ht, nn.Linear(H_T, V + 1))
     with pytest.raises(ValueError, match="top_k"):
         ChunkedKDLoss(top_k=V + 1)(hs, s_head, ht, t_head)
+
+
+def test_grad_in_forward_scales_by_the_output_gradient_once():
+    hs, s_head, ht, t_head, labels = make_inputs(seed=9)
+    ref = ChunkedKDLoss(top_k=3, lm_weight=1.0, chunk_tokens=8)(hs, s_head, ht, t_head, labels)
+    want = grads(3.0 * ref.loss, hs, s_head)
+    out = ChunkedKDLoss(top_k=3, lm_weight=1.0, chunk_tokens=8, grad_in_forward=True)(
+        hs, s_head, ht, t_head, labels
+    )
+    got = torch.autograd.grad(3.0 * out.loss, [hs, *s_head.parameters()], retain_graph=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="one backward"):
+        torch.autograd.grad(out.loss, [hs])
+    with torch.no_grad():
+        quiet = ChunkedKDLoss(top_k=3, lm_weight=1.0, chunk_tokens=8, grad_in_forward=True)(
+            hs, s_head, ht, t_head, labels
+        )
+    assert quiet.loss.item() == pytest.approx(ref.loss.item(), abs=1e-6)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minitron.distill.kd_function import ChunkedKDFunction, KDOptions, softmax_dtype
+
 IGNORE_INDEX = -100
 
 
@@ -56,165 +58,6 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """Logits [c, V] of hidden [c, H] through a linear head, the matmul in `dtype`.
-
-    The result is fp32 (fp64 if `dtype` is fp64), whatever `dtype` is.
-    """
-    bias = None if bias is None else bias.to(dtype)
-    return F.linear(hidden.to(dtype), weight.to(dtype), bias).to(_softmax_dtype(dtype))
-
-
-def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
-def _log_softmax_(z: Tensor) -> Tensor:
-    """log_softmax over the last dim, in place."""
-    return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
-
-
-def _softmax_(z: Tensor) -> Tensor:
-    """softmax over the last dim, in place."""
-    z.sub_(z.amax(dim=-1, keepdim=True)).exp_()
-    return z.div_(z.sum(dim=-1, keepdim=True))
-
-
-def _chunk_sums(
-    zs: Tensor, zt: Tensor, labels: Tensor | None, temperature: float, top_k: int | None
-) -> tuple[Tensor, Tensor]:
-    """Summed KL(teacher ‖ student) at T and summed student CE of one chunk.
-
-    Overwrites zs and zt (fp32 logits [c, V]) to save memory.
-    """
-    ce = zs.new_zeros(())
-    if labels is not None and temperature != 1.0:
-        ce = (torch.logsumexp(zs, dim=-1) - zs.gather(1, labels[:, None]).squeeze(1)).sum()
-    ls = _log_softmax_(zs.div_(temperature))  # log p_s [c, V]
-    if labels is not None and temperature == 1.0:
-        ce = -ls.gather(1, labels[:, None]).sum()
-    zt.div_(temperature)
-    if top_k is None:
-        lt = _log_softmax_(zt)  # log p_t [c, V]
-        pt = lt.exp()
-        kl = pt.mul_(lt.sub_(ls)).sum()
-    else:
-        values, index = zt.topk(top_k, dim=-1)  # [c, k]
-        lt = torch.log_softmax(values, dim=-1)
-        kl = (lt.exp() * (lt - ls.gather(1, index))).sum()
-    return kl, ce
-
-
-def _chunk_grad(
-    zs: Tensor,
-    zt: Tensor,
-    labels: Tensor | None,
-    temperature: float,
-    top_k: int | None,
-    kl_scale: Tensor,
-    ce_scale: Tensor | None,
-) -> Tensor:
-    """d loss / d student logits [c, V] fp32 of one chunk; overwrites zs and zt.
-
-    kl_scale multiplies Σ KL (d/dz_s = (p_s - p_t) / T); ce_scale multiplies Σ CE
-    (d/dz_s = softmax(z_s) - onehot(label)).
-    """
-    a = kl_scale / temperature
-    p1 = None
-    if ce_scale is not None and temperature != 1.0:
-        p1 = torch.softmax(zs, dim=-1).mul_(ce_scale)  # [c, V]
-    grad = _softmax_(zs.div_(temperature))  # p_s [c, V]
-    if ce_scale is not None and temperature == 1.0:
-        grad.mul_(a + ce_scale)  # p_s is also the CE's softmax
-    else:
-        grad.mul_(a)
-    if p1 is not None:
-        grad.add_(p1)
-        del p1
-    zt.div_(temperature)
-    if top_k is None:
-        grad.sub_(_softmax_(zt).mul_(a))
-    else:
-        values, index = zt.topk(top_k, dim=-1)  # [c, k]
-        grad.scatter_add_(1, index, torch.softmax(values, dim=-1).mul_(-a))
-    if ce_scale is not None:
-        rows = torch.arange(grad.shape[0], device=grad.device)
-        grad.index_put_((rows, labels), -ce_scale.expand(rows.shape), accumulate=True)
-    return grad
-
-
-@dataclass(frozen=True)
-class _Options:
-    temperature: float
-    top_k: int | None
-    lm_weight: float
-    chunk_tokens: int
-    student_dtype: torch.dtype
-    teacher_dtype: torch.dtype
-
-
-class _ChunkedKDFunction(torch.autograd.Function):
-    """Loss, mean KL and mean CE from hidden states; backward recomputes each chunk."""
-
-    @staticmethod
-    def forward(ctx, hs, ws, bs, ht, wt, bt, labels, opts: _Options):
-        # hs [D, H_s], ws [V, H_s], bs [V] | None, ht [D, H_t], wt [V, H_t], labels [D] | None
-        count, temp = hs.shape[0], opts.temperature
-        with torch.autocast(hs.device.type, enabled=False):
-            hs_c, ws_c = hs.to(opts.student_dtype), ws.to(opts.student_dtype)
-            ht_c, wt_c = ht.to(opts.teacher_dtype), wt.to(opts.teacher_dtype)
-            kl_sum = ce_sum = hs.new_zeros((), dtype=torch.float32)
-            for start in range(0, count, opts.chunk_tokens):
-                rows = slice(start, start + opts.chunk_tokens)
-                zs = _logits(hs_c[rows], ws_c, bs, opts.student_dtype)  # [c, V] fp32
-                zt = _logits(ht_c[rows], wt_c, bt, opts.teacher_dtype)  # [c, V] fp32
-                y = None if labels is None else labels[rows]
-                kl, ce = _chunk_sums(zs, zt, y, temp, opts.top_k)
-                del zs, zt
-                kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
-        loss = kl_sum * (temp * temp / count)
-        if opts.lm_weight:
-            loss = loss + ce_sum * (opts.lm_weight / count)
-        kl_mean, ce_mean = kl_sum / count, ce_sum / count
-        ctx.save_for_backward(hs, ws, bs, ht, wt, bt, labels)
-        ctx.opts = opts
-        ctx.mark_non_differentiable(kl_mean, ce_mean)
-        return loss, kl_mean, ce_mean
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_kl, _grad_ce):
-        hs, ws, bs, ht, wt, bt, labels = ctx.saved_tensors
-        opts: _Options = ctx.opts
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        count, temp, sdt = hs.shape[0], opts.temperature, opts.student_dtype
-        kl_scale = grad_loss * (temp * temp / count)
-        ce_scale = grad_loss * (opts.lm_weight / count) if opts.lm_weight else None
-        grad_h = torch.empty_like(hs) if need_h else None
-        grad_w = torch.zeros(ws.shape, dtype=sdt, device=ws.device) if need_w else None
-        grad_b = torch.zeros_like(bs, dtype=_softmax_dtype(bs.dtype)) if need_b else None
-        with torch.autocast(hs.device.type, enabled=False):
-            hs_c, ws_c = hs.to(sdt), ws.to(sdt)
-            ht_c, wt_c = ht.to(opts.teacher_dtype), wt.to(opts.teacher_dtype)
-            for start in range(0, count, opts.chunk_tokens):
-                rows = slice(start, start + opts.chunk_tokens)
-                zs = _logits(hs_c[rows], ws_c, bs, sdt)  # recomputed [c, V] fp32
-                zt = _logits(ht_c[rows], wt_c, bt, opts.teacher_dtype)
-                y = None if labels is None else labels[rows]
-                grad = _chunk_grad(zs, zt, y, temp, opts.top_k, kl_scale, ce_scale)
-                del zs, zt
-                if need_b:
-                    grad_b += grad.sum(dim=0)
-                grad = grad.to(sdt)  # [c, V]
-                if need_h:
-                    grad_h[rows] = grad @ ws_c  # [c, H_s]
-                if need_w:
-                    grad_w.addmm_(grad.T, hs_c[rows])  # [V, H_s]
-                del grad
-        grad_w = None if grad_w is None else grad_w.to(ws.dtype)
-        grad_b = None if grad_b is None else grad_b.to(bs.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
-
-
 class ChunkedKDLoss(nn.Module):
     """Forward KL(teacher ‖ student) at temperature T from hidden states, chunked over tokens.
 
@@ -228,7 +71,12 @@ class ChunkedKDLoss(nn.Module):
         top_k: if set, the teacher's distribution is its top-k logits renormalised
             (zero elsewhere) against the student's full-vocabulary softmax.
         lm_weight: weight of the student's LM cross-entropy (at T = 1); needs labels.
-        chunk_tokens: tokens per chunk of logits.
+        chunk_tokens: tokens per chunk of logits; the peak beyond the weight gradient
+            is about 2 · chunk_tokens · V · 4 bytes.
+        grad_in_forward: compute the gradients during the forward (four head matmuls
+            per token instead of six; the weight gradient then lives from the forward
+            to the backward, and a forward without backward wastes that work). Off: the
+            backward recomputes each chunk's logits.
     """
 
     def __init__(
@@ -236,7 +84,8 @@ class ChunkedKDLoss(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         lm_weight: float = 0.0,
-        chunk_tokens: int = 1024,
+        chunk_tokens: int = 256,
+        grad_in_forward: bool = False,
     ):
         super().__init__()
         if not temperature > 0:
@@ -251,11 +100,13 @@ class ChunkedKDLoss(nn.Module):
         self.top_k = top_k
         self.lm_weight = float(lm_weight)
         self.chunk_tokens = int(chunk_tokens)
+        self.grad_in_forward = bool(grad_in_forward)
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, top_k={self.top_k}, "
-            f"lm_weight={self.lm_weight}, chunk_tokens={self.chunk_tokens}"
+            f"lm_weight={self.lm_weight}, chunk_tokens={self.chunk_tokens}, "
+            f"grad_in_forward={self.grad_in_forward}"
         )
 
     def forward(
@@ -294,15 +145,16 @@ class ChunkedKDLoss(nn.Module):
             zero = hs.sum() * 0.0
             ce = None if labels is None else zero.detach().float()
             return KDLossOutput(zero, zero.detach().float(), ce, 0)
-        opts = _Options(
+        opts = KDOptions(
             self.temperature,
             self.top_k,
             self.lm_weight,
             self.chunk_tokens,
             _compute_dtype(hs),
             _compute_dtype(ht),
+            self.grad_in_forward and torch.is_grad_enabled(),
         )
-        loss, kl, ce = _ChunkedKDFunction.apply(hs, ws, bs, ht, wt, bt, labels, opts)
+        loss, kl, ce = ChunkedKDFunction.apply(hs, ws, bs, ht, wt, bt, labels, opts)
         return KDLossOutput(loss, kl.detach(), None if labels is None else ce.detach(), count)
 
 
@@ -338,7 +190,7 @@ def plain_kd_loss(
 
     The plain formula, for tests and benchmarks: holds several [N, V] fp32 tensors.
     """
-    dtype = _softmax_dtype(student_hidden.dtype)
+    dtype = softmax_dtype(student_hidden.dtype)
     zs = student_head(student_hidden).to(dtype)  # [N, V]
     with torch.no_grad():
         zt = teacher_head(teacher_hidden).to(dtype)  # [N, V]
@@ -346,13 +198,15 @@ def plain_kd_loss(
     if labels is not None:
         keep = labels.reshape(-1) != IGNORE_INDEX
     count = keep.sum().clamp(min=1)
-    log_ps = F.log_softmax(zs / temperature, dim=-1)
+    log_ps = F.log_softmax(zs / temperature if temperature != 1.0 else zs, dim=-1)
+    if temperature != 1.0:
+        zt = zt / temperature
     if top_k is None:
-        log_pt = F.log_softmax(zt / temperature, dim=-1)
+        log_pt = F.log_softmax(zt, dim=-1)
         kl_tok = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)  # [N]
     else:
         values, index = zt.topk(top_k, dim=-1)  # [N, k]
-        log_pt = F.log_softmax(values / temperature, dim=-1)
+        log_pt = F.log_softmax(values, dim=-1)
         kl_tok = (log_pt.exp() * (log_pt - log_ps.gather(-1, index))).sum(-1)
     kl = (kl_tok * keep).sum() / count
     loss = temperature**2 * kl
