@@ -133,8 +133,9 @@ class _Grads:
 
     def result(self, grad_out: Tensor | None):
         """(hidden, weight, bias) gradients in their inputs' dtypes, times grad_out."""
-        out = []
-        for g, dtype in zip((self.h, self.w, self.b), self.dtypes, strict=True):
+        out, accumulated = [], (self.h, self.w, self.b)
+        self.h = self.w = self.b = None  # no reference left: autograd can adopt them
+        for g, dtype in zip(accumulated, self.dtypes, strict=True):
             if g is not None and grad_out is not None:
                 g = g.mul_(grad_out.to(g.dtype))
             out.append(None if g is None else g.to(dtype))
