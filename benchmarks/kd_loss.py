@@ -124,7 +124,10 @@ def run_child(variant: str, args, out: str) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--out", out]
     for key in ("vocab", "hidden", "tokens", "chunk_tokens", "threads"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    # One malloc arena: with several, freed blocks stranded in another thread's arena
+    # made the same child's peak vary by up to ~2 weight gradients from run to run.
+    env = os.environ | {"MALLOC_ARENA_MAX": "1"}
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
