@@ -42,12 +42,16 @@ from minitron.prune import (
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
-    """``minitron prune``: drop decoder layers (Minitron depth pruning).
+    """``minitron prune``: drop decoder layers (depth), or edit each block (nemotron-nas).
 
-    Give either ``drop_layers`` (explicit 0-indexed layers) or ``target_layers``
-    with a ``method``: ``contiguous`` drops the least important block of
-    ``L - target_layers`` layers (the Minitron paper's choice), ``individual``
-    the ``L - target_layers`` least important single layers (ShortGPT's).
+    Depth: give either ``drop_layers`` (explicit 0-indexed layers) or
+    ``target_layers`` with a ``method``: ``contiguous`` drops the least important
+    block of ``L - target_layers`` layers (the Minitron paper's choice),
+    ``individual`` the ``L - target_layers`` least important single layers (ShortGPT's).
+
+    Blocks: give ``block_configs`` (one published-shape entry per layer) or ``rules``
+    (see ``minitron.nas.rules``); the output is a nemotron-nas checkpoint. Depth keys
+    and block keys cannot be mixed in one recipe.
 
     Attributes:
         parent: Model spec of the model to prune.
@@ -62,6 +66,10 @@ class PruneConfig:
         dtype: Compute dtype; weights are saved in the parent's own dtype.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         trust_remote_code: Allow a Hub model's own code to run.
+        block_configs: The target block of every layer (published JSON shape).
+        rules: Per-layer edits, applied in order (``minitron.nas.rules``).
+        serve_with: Refuse block kinds this engine cannot serve.
+        ridge: Ridge strength of the least-squares fits of linear sub-blocks.
     """
 
     parent: str
@@ -76,8 +84,21 @@ class PruneConfig:
     dtype: Dtype = "auto"
     device: Device = "auto"
     trust_remote_code: bool = False
+    block_configs: list[dict] | None = None
+    rules: list[dict] | None = None
+    serve_with: Literal["vllm", "trtllm", "llamacpp"] | None = None
+    ridge: float = 1e-2
 
     def __post_init__(self) -> None:
+        if self.ridge < 0:
+            raise MinitronError(f"ridge must be 0 or more (got {self.ridge})")
+        if self.block_configs is not None and self.rules is not None:
+            raise MinitronError("give either block_configs or rules, not both")
+        if self.edits_blocks:
+            self._check_no_depth_keys()
+            return
+        if self.serve_with is not None:
+            raise MinitronError("serve_with applies to block edits: give block_configs or rules")
         if self.drop_layers is not None and self.method is not None:
             raise MinitronError("give either drop_layers or method, not both")
         if self.drop_layers is None and self.target_layers is None:
@@ -88,6 +109,20 @@ class PruneConfig:
             raise MinitronError("scores are only used with a method, not with drop_layers")
         if self.drop_layers is not None and len(set(self.drop_layers)) != len(self.drop_layers):
             raise MinitronError(f"drop_layers lists a layer twice: {self.drop_layers}")
+
+    @property
+    def edits_blocks(self) -> bool:
+        """True for a block-edit (nemotron-nas) recipe, False for depth pruning."""
+        return self.block_configs is not None or self.rules is not None
+
+    def _check_no_depth_keys(self) -> None:
+        blocks = "block_configs" if self.block_configs is not None else "rules"
+        for key in ("drop_layers", "target_layers", "method", "scores"):
+            if getattr(self, key) is not None:
+                raise MinitronError(
+                    f"{key} is a depth-pruning key and {blocks} edits blocks: "
+                    "a recipe does one or the other"
+                )
 
     @property
     def selection(self) -> str:
@@ -166,6 +201,10 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
     """
     from transformers import AutoModelForCausalLM
 
+    if config.edits_blocks:
+        from minitron.commands.prune_blocks import blocks_dry_run
+
+        return blocks_dry_run(config)
     parent_config, num_layers, scores = _prepare(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
@@ -201,6 +240,10 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     Returns:
         The record also saved as ``prune.json`` in the output folder.
     """
+    if config.edits_blocks:
+        from minitron.commands.prune_blocks import run_blocks_prune
+
+        return run_blocks_prune(config, output, overwrite)
     output = check_output_dir(output, overwrite, protect=[config.parent])
     parent_config, num_layers, scores = _prepare(config)
     needs_scores = config.selection != "explicit" and scores is None
@@ -254,7 +297,7 @@ def _weights_to_save(
     (say bfloat16 compute for float32 weights) the parent is loaded again in
     its own dtype on the CPU and pruned the same way.
     """
-    saved = _saved_dtype(parent_config, model)
+    saved = saved_dtype(parent_config, model)
     computed = next(model.parameters()).dtype
     if computed == saved or (computed == torch.float32 and saved in _HALF):
         return model.to(saved)
@@ -268,7 +311,7 @@ def _weights_to_save(
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def _saved_dtype(parent_config: Any, model: nn.Module) -> torch.dtype:
+def saved_dtype(parent_config: Any, model: nn.Module) -> torch.dtype:
     """The parent's own weight dtype, so pruning never inflates the checkpoint."""
     dtype = getattr(parent_config, "dtype", None)
     if isinstance(dtype, str):
