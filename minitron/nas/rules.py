@@ -186,7 +186,7 @@ def resolve_block_configs(parent: DeciLMConfig, block_configs: Sequence[Any]) ->
             f"block_configs has {len(block_configs)} entries, the parent has "
             f"{parent.num_hidden_layers} layers"
         )
-    blocks = [BlockConfig.from_dict(b, f"block_configs[{i}]") for i, b in enumerate(block_configs)]
+    blocks = [_block(b, f"block_configs[{i}]") for i, b in enumerate(block_configs)]
     heads = parent.num_attention_heads
     for i, block in enumerate(blocks):
         group = block.attention.n_heads_in_group
@@ -196,6 +196,16 @@ def resolve_block_configs(parent: DeciLMConfig, block_configs: Sequence[Any]) ->
                 f"{heads} attention heads"
             )
     return blocks
+
+
+def _block(entry: Any, where: str) -> BlockConfig:
+    """``BlockConfig.from_dict`` whose errors always name the entry."""
+    try:
+        return BlockConfig.from_dict(entry, where)
+    except MinitronError as err:
+        if str(err).startswith(where):
+            raise
+        raise MinitronError(f"{where}: {err}") from None
 
 
 def runs_of_blocks(labels: Sequence[Any]) -> list[tuple[int, int, Any]]:
