@@ -13,11 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from minitron import __version__
-from minitron.commands.prune import PruneConfig, saved_dtype
+from minitron.commands.prune_config import PruneConfig
 from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.evaluate import perplexity
-from minitron.io import atomic_output_dir, check_output_dir, load_config, load_model
+from minitron.io import (
+    atomic_output_dir,
+    check_output_dir,
+    load_config,
+    load_model,
+    saved_dtype,
+)
 from minitron.modeling import BlockConfig, DeciLMConfig, llama_to_nas, nas_config_from_llama
 from minitron.nas import apply_block_configs, layer_parameters, plan_edits
 from minitron.nas.engines import check_engine
