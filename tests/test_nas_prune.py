@@ -245,6 +245,7 @@ def test_tiny_run_writes_the_edited_model_and_its_record(tmp_path):
     on_disk = json.loads((tmp_path / "out" / "prune.json").read_text())
     assert on_disk == {k: v for k, v in record.items() if k != "output"}
     assert on_disk["kind"] == "prune" and on_disk["parent"] == str(parent)
+    assert on_disk["dtype"] == {"compute": "float32", "saved": "float32"}
     assert on_disk["params_after"] == sum(p.numel() for p in saved.parameters())
     assert [r["attention"]["edit"] for r in on_disk["layers"]] == [
         "keep", "kv_heads", "no_op", "kv_heads", "linear", "keep",

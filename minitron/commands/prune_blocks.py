@@ -159,9 +159,15 @@ def run_blocks_prune(config: PruneConfig, output: str | Path, overwrite: bool) -
     record["serve_with"] = config.serve_with
     record["recipe"] = config_to_dict(config)
     record["minitron_version"] = __version__
-    _save(nas, tokenizer, saved_dtype(plan.parent, nas), output, overwrite, record)
+    dtype = saved_dtype(plan.parent, nas)
+    record["dtype"] = {"compute": _name(nas.dtype), "saved": _name(dtype)}
+    _save(nas, tokenizer, dtype, output, overwrite, record)
     record["output"] = str(output)
     return record
+
+
+def _name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _calibration_record(config: PruneConfig, data: Any, used: bool) -> dict[str, Any] | None:
