@@ -101,6 +101,9 @@ def _prepare(config: PruneConfig) -> tuple[Any, int, ImportanceResult | None]:
 def dry_run(config: PruneConfig) -> dict[str, Any]:
     """Plan a prune from the parent's config alone: no weights are read.
 
+    A block-edit recipe (``block_configs`` / ``rules``) is planned by
+    ``minitron.commands.prune_blocks.blocks_dry_run``; the rest is depth pruning.
+
     The parent is built on the meta device, so even a 70B config costs
     nothing. Layer choice needs scores: with a method and no ``scores`` file
     the kept and dropped layers are ``None`` (decided when weights are
@@ -139,6 +142,9 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
 
 def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Prune ``config.parent`` and write the result to ``output``.
+
+    A block-edit recipe goes to ``minitron.commands.prune_blocks.run_blocks_prune``
+    (a nemotron-nas checkpoint); what follows describes depth pruning.
 
     Checks the recipe against the parent's config and the output folder
     before any weights load; writes into a temporary folder renamed on
