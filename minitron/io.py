@@ -331,3 +331,11 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def saved_dtype(parent_config: Any, model: Any) -> torch.dtype:
+    """The parent's own weight dtype, so pruning never inflates the checkpoint."""
+    dtype = getattr(parent_config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
 import pytest
+from transformers import LlamaConfig
 
-from minitron.commands.prune import PruneConfig
+from minitron.commands.prune import PruneConfig, dry_run
 from minitron.config import load_recipe
 from minitron.io import resolve_model
+from minitron.modeling import BlockConfig, nas_config_from_llama
+from minitron.nas.engines import check_engine
+from minitron.nas.rules import resolve_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -24,7 +29,13 @@ def header_command(recipe: Path) -> list[str]:
 
 def test_there_are_recipes():
     names = {p.relative_to(ROOT / "recipes").as_posix() for p in RECIPES}
-    assert {"llama-3.1-8b/minitron-4b-depth.yaml", "smollm2-135m/depth.yaml"} <= names
+    assert {
+        "llama-3.1-8b/minitron-4b-depth.yaml",
+        "smollm2-135m/depth.yaml",
+        "llama-3.1-70b/nemotron-51b-blocks.yaml",
+        "llama-3.3-70b/nemotron-super-49b-blocks.yaml",
+        "smollm2-135m/nas.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -48,3 +59,91 @@ def test_smollm2_depth_recipe():
     assert (config.parent, config.target_layers) == ("smollm2-135m", 20)
     assert (config.selection, config.metric) == ("contiguous", "loss")
     assert config.data.source == "stdlib"
+
+
+# Llama-3.3-70B-Instruct's shapes, as oumi-ai/oumi's configs/recipes/llama3_3/README.md
+# lists them (commit bd18cd68): the same as Llama-3.1-70B-Instruct's config.json, so the
+# 3.1 fixture stands in for the Super-49B parent in config-only tests.
+LLAMA_3_3_70B = {
+    "vocab_size": 128256,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "tie_word_embeddings": False,
+}
+
+
+def config_folder(tmp_path, name: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        (ROOT / f"tests/fixtures/configs/{name}.config.json").read_text()
+    )
+    return folder
+
+
+def test_llama_3_3_70b_has_the_shapes_of_3_1_70b():
+    llama_3_1 = json.loads(
+        (ROOT / "tests/fixtures/configs/llama-3.1-70b-instruct.config.json").read_text()
+    )
+    assert {key: llama_3_1[key] for key in LLAMA_3_3_70B} == LLAMA_3_3_70B
+
+
+@pytest.mark.parametrize(
+    "recipe, parent, params_after",
+    [
+        (
+            "llama-3.1-70b/nemotron-51b-blocks.yaml",
+            "meta-llama/Llama-3.1-70B-Instruct",
+            51_501_015_040,
+        ),
+        (
+            "llama-3.3-70b/nemotron-super-49b-blocks.yaml",
+            "meta-llama/Llama-3.3-70B-Instruct",
+            49_867_145_216,
+        ),
+    ],
+)
+def test_70b_block_recipes_size_their_published_models(tmp_path, recipe, parent, params_after):
+    path = ROOT / "recipes" / recipe
+    config = load_recipe(path, PruneConfig)
+    assert config.parent == parent and config.edits_blocks and len(config.block_configs) == 80
+    assert "RECONSTRUCTED" in path.read_text() or "51b" not in recipe
+    folder = config_folder(tmp_path, "llama-3.1-70b-instruct")
+    report = dry_run(load_recipe(path, PruneConfig, [f"parent={folder}"]))
+    print(f"{recipe}: {report['params_before']:,} -> {report['params_after']:,}")
+    assert (report["params_before"], report["params_after"]) == (70_553_706_496, params_after)
+
+
+@pytest.mark.parametrize(
+    "recipe, published",
+    [
+        ("llama-3.1-70b/nemotron-51b-blocks.yaml", "nemotron-51b-instruct"),
+        ("llama-3.3-70b/nemotron-super-49b-blocks.yaml", "nemotron-super-49b-v1"),
+    ],
+)
+def test_70b_block_recipes_hold_the_published_blocks(recipe, published):
+    config = load_recipe(ROOT / "recipes" / recipe, PruneConfig)
+    blocks = json.loads((ROOT / f"tests/fixtures/configs/{published}.config.json").read_text())
+    expected = [BlockConfig.from_dict(b) for b in blocks["block_configs"]]
+    assert [BlockConfig.from_dict(b) for b in config.block_configs] == expected
+
+
+def test_smollm2_nas_recipe_mixes_the_block_kinds():
+    config = load_recipe(ROOT / "recipes/smollm2-135m/nas.yaml", PruneConfig)
+    assert config.parent == "smollm2-135m" and config.data.source == "stdlib"
+    parent = nas_config_from_llama(
+        LlamaConfig.from_dict(
+            json.loads((ROOT / "tests/fixtures/configs/smollm2-135m.config.json").read_text())
+        )
+    )
+    blocks = resolve_rules(parent, config.rules)
+    kv = [b.attention.n_heads_in_group for b in blocks]
+    assert [i for i, g in enumerate(kv) if g == 9] == [8, 10, 12, 14, 16]  # 1 KV head of 3
+    assert [i for i, b in enumerate(blocks) if b.attention.no_op] == [21, 23, 25]
+    assert [i for i, b in enumerate(blocks) if b.attention.replace_with_linear] == [19]
+    widths = [b.ffn.intermediate_size(576) for b in blocks]
+    assert widths == [1536] * 6 + [1280] * 20 + [1536] * 4
+    check_engine(config.serve_with, parent.with_blocks(blocks))

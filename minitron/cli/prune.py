@@ -37,7 +37,7 @@ def prune(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Drop decoder layers as a recipe says and save a standard HF checkpoint."""
+    """Drop decoder layers (a standard HF checkpoint) or edit each block (nemotron-nas)."""
     from minitron.commands.prune import dry_run as plan_only
     from minitron.commands.prune import run_prune
 
@@ -46,15 +46,19 @@ def prune(
         report = plan_only(config)
         if json_output:
             typer.echo(json.dumps(report, indent=2))
+        elif config.edits_blocks:
+            _print_blocks(report, config.parent)
         else:
             _print_plan(report, config.parent)
         return
     target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
     record = run_prune(config, target, overwrite)
     if json_output:
-        typer.echo(
-            json.dumps({k: v for k, v in record.items() if k not in ("scores", "recipe")}, indent=2)
-        )
+        hidden = ("scores", "recipe", "layers")
+        typer.echo(json.dumps({k: v for k, v in record.items() if k not in hidden}, indent=2))
+    elif config.edits_blocks:
+        _print_blocks(record, config.parent)
+        out.print(f"wrote {target} (import minitron, then transformers' AutoModelForCausalLM)")
     else:
         _print_plan(record, config.parent)
         out.print(f"wrote {target} (load it with transformers' AutoModelForCausalLM)")
@@ -78,3 +82,26 @@ def _print_plan(report: dict[str, Any], parent: str) -> None:
             f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}",
         )
     out.print(table)
+
+
+def _print_blocks(report: dict[str, Any], parent: str) -> None:
+    """Totals, then one row per run of consecutive layers with the same edit."""
+    from minitron.nas.rules import runs_of_blocks
+
+    table = Table(title=f"block edits of {parent} (nemotron-nas, layers 0-indexed)")
+    for name in ("layers", "before", "after", "params / layer"):
+        table.add_column(name, justify="right" if name.startswith("params") else "left")
+    blocks = report.get("blocks") or report["layers"]  # dry run / prune.json records
+    keys = [(b["before"], b["after"], b["params_after"]) for b in blocks]
+    for first, last, (before, after, params) in runs_of_blocks(keys):
+        layers = f"{first}" if first == last else f"{first}-{last}"
+        table.add_row(layers, before, "same" if after == before else after, f"{params:,}")
+    out.print(table)
+    before, after = report["params_before"], report["params_after"]
+    out.print(f"parameters {before:,} -> {after:,} ({after / before:.1%})")
+    out.print(f"bf16 weights {gib(2 * before)} -> {gib(2 * after)}")
+    if report.get("serve_with"):
+        out.print(f"every block kind is served by {report['serve_with']}")
+    if "perplexity_before" in report:
+        ppl = f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}"
+        out.print(f"held-out perplexity {ppl}")

@@ -6,17 +6,16 @@ parent and the data, calls them and writes the checkpoint with ``prune.json``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from minitron import __version__
-from minitron.commands.importance import Metric
-from minitron.config import DataConfig, Device, Dtype, config_to_dict
+from minitron.commands.prune_config import PruneConfig
+from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.evaluate import perplexity
@@ -27,6 +26,7 @@ from minitron.io import (
     load_config,
     load_model,
     model_identity,
+    saved_dtype,
 )
 from minitron.prune import (
     DepthPlan,
@@ -38,63 +38,6 @@ from minitron.prune import (
     plan_depth,
     scores_block_size,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class PruneConfig:
-    """``minitron prune``: drop decoder layers (Minitron depth pruning).
-
-    Give either ``drop_layers`` (explicit 0-indexed layers) or ``target_layers``
-    with a ``method``: ``contiguous`` drops the least important block of
-    ``L - target_layers`` layers (the Minitron paper's choice), ``individual``
-    the ``L - target_layers`` least important single layers (ShortGPT's).
-
-    Attributes:
-        parent: Model spec of the model to prune.
-        target_layers: Layers to keep.
-        drop_layers: 0-indexed layers to drop; excludes ``method``.
-        method: ``contiguous`` (default when ``drop_layers`` is absent) or ``individual``.
-        metric: Importance metric for ``method``.
-        scores: A ``scores.json`` from ``minitron importance`` to reuse instead of scoring.
-        data: Calibration text for scoring, held-out text for perplexity.
-        perplexity: Report held-out perplexity of the parent and the pruned model.
-        output: Output folder; default ``runs/<recipe folder>/<recipe name>``.
-        dtype: Compute dtype; weights are saved in the parent's own dtype.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        trust_remote_code: Allow a Hub model's own code to run.
-    """
-
-    parent: str
-    target_layers: int | None = None
-    drop_layers: list[int] | None = None
-    method: Literal["contiguous", "individual"] | None = None
-    metric: Metric = "loss"
-    scores: str | None = None
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    perplexity: bool = True
-    output: str | None = None
-    dtype: Dtype = "auto"
-    device: Device = "auto"
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if self.drop_layers is not None and self.method is not None:
-            raise MinitronError("give either drop_layers or method, not both")
-        if self.drop_layers is None and self.target_layers is None:
-            raise MinitronError("give target_layers (with a method) or drop_layers")
-        if self.target_layers is not None and self.target_layers < 1:
-            raise MinitronError(f"target_layers must be at least 1 (got {self.target_layers})")
-        if self.drop_layers is not None and self.scores is not None:
-            raise MinitronError("scores are only used with a method, not with drop_layers")
-        if self.drop_layers is not None and len(set(self.drop_layers)) != len(self.drop_layers):
-            raise MinitronError(f"drop_layers lists a layer twice: {self.drop_layers}")
-
-    @property
-    def selection(self) -> str:
-        """``explicit``, ``contiguous`` or ``individual``."""
-        if self.drop_layers is not None:
-            return "explicit"
-        return self.method or "contiguous"
 
 
 def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> ImportanceResult:
@@ -158,6 +101,9 @@ def _prepare(config: PruneConfig) -> tuple[Any, int, ImportanceResult | None]:
 def dry_run(config: PruneConfig) -> dict[str, Any]:
     """Plan a prune from the parent's config alone: no weights are read.
 
+    A block-edit recipe (``block_configs`` / ``rules``) is planned by
+    ``minitron.commands.prune_blocks.blocks_dry_run``; the rest is depth pruning.
+
     The parent is built on the meta device, so even a 70B config costs
     nothing. Layer choice needs scores: with a method and no ``scores`` file
     the kept and dropped layers are ``None`` (decided when weights are
@@ -166,6 +112,10 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
     """
     from transformers import AutoModelForCausalLM
 
+    if config.edits_blocks:
+        from minitron.commands.prune_blocks import blocks_dry_run
+
+        return blocks_dry_run(config)
     parent_config, num_layers, scores = _prepare(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
@@ -193,6 +143,9 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
 def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Prune ``config.parent`` and write the result to ``output``.
 
+    A block-edit recipe goes to ``minitron.commands.prune_blocks.run_blocks_prune``
+    (a nemotron-nas checkpoint); what follows describes depth pruning.
+
     Checks the recipe against the parent's config and the output folder
     before any weights load; writes into a temporary folder renamed on
     success. The saved weights are exact copies of the parent's kept layers
@@ -201,6 +154,10 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     Returns:
         The record also saved as ``prune.json`` in the output folder.
     """
+    if config.edits_blocks:
+        from minitron.commands.prune_blocks import run_blocks_prune
+
+        return run_blocks_prune(config, output, overwrite)
     output = check_output_dir(output, overwrite, protect=[config.parent])
     parent_config, num_layers, scores = _prepare(config)
     needs_scores = config.selection != "explicit" and scores is None
@@ -254,7 +211,7 @@ def _weights_to_save(
     (say bfloat16 compute for float32 weights) the parent is loaded again in
     its own dtype on the CPU and pruned the same way.
     """
-    saved = _saved_dtype(parent_config, model)
+    saved = saved_dtype(parent_config, model)
     computed = next(model.parameters()).dtype
     if computed == saved or (computed == torch.float32 and saved in _HALF):
         return model.to(saved)
@@ -266,11 +223,3 @@ def _weights_to_save(
 
 
 _HALF = (torch.bfloat16, torch.float16)
-
-
-def _saved_dtype(parent_config: Any, model: nn.Module) -> torch.dtype:
-    """The parent's own weight dtype, so pruning never inflates the checkpoint."""
-    dtype = getattr(parent_config, "dtype", None)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype, None)
-    return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
