@@ -2,9 +2,10 @@
 
 The text is one token stream (documents joined by EOS). Windows of ``window``
 tokens start every ``stride`` tokens; each window scores only the tokens the
-previous windows did not, so every token after the first is predicted once,
-with up to ``window - stride`` tokens of context carried over from before.
-``stride == window`` is plain non-overlapping chunks.
+previous windows did not, so with ``stride < window`` every token after the
+first is predicted once, with at least ``window - stride`` tokens of context
+carried over from before. ``stride == window`` is plain non-overlapping chunks:
+the first token of each chunk has no context and is not scored.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def sliding_perplexity(
 ) -> PerplexityResult:
     """Perplexity of ``ids`` ``[N]`` with a sliding window. Does not change the model.
 
-    Tokens ``1..N-1`` are each predicted exactly once; a token in window ``k``
-    (starting at ``begin``) sees the tokens ``begin..t-1`` as context.
+    A token ``t`` is scored by the first window that reaches past it (starting
+    at ``begin``), with tokens ``begin..t-1`` as context; see the module docstring.
     """
     if ids.dim() != 1 or len(ids) < 2:
         raise MinitronError("perplexity needs at least 2 tokens of text")
@@ -60,7 +61,7 @@ def sliding_perplexity(
             end = min(begin + window, len(ids))
             chunk = ids[begin:end].to(device)[None]  # [1, L]
             normed = decoder(model)(input_ids=chunk, use_cache=False).last_hidden_state
-            first = scored_to - begin - 1  # position predicting the first new token
+            first = max(scored_to - begin - 1, 0)  # position predicting the first new token
             nll, predicted = head_nll(model, normed[:, first:], chunk[:, first:], normed=True)
             total += nll
             count += predicted
