@@ -66,7 +66,7 @@ def test_preset_tasks_and_metrics_exist_in_lm_eval():
 
 def test_unknown_preset_and_empty_task_list_are_errors():
     with pytest.raises(MinitronError, match="unknown preset 'llama'"):
-        parse_config(EvalConfig, {"preset": "llama"}).lm_eval_tasks
+        parse_config(EvalConfig, {"preset": "llama"})
     with pytest.raises(MinitronError, match="no tasks given"):
         parse_config(EvalConfig, {"models": ["smollm2-135m"]})
 

@@ -104,6 +104,8 @@ class EvalConfig:
             raise MinitronError(f"batch_size must be at least 1 (got {self.batch_size})")
         if not self.tasks and self.preset is None:
             raise MinitronError("no tasks given (use --tasks or --preset)")
+        if self.preset is not None:
+            get_preset(self.preset)
 
     @property
     def lm_eval_tasks(self) -> list[str]:

@@ -64,7 +64,8 @@ class TaskOutput:
 class _Requested:
     name: str
     leaves: list[str]
-    metric: str | None  # "acc_norm" or "exact_match,strict-match"; None: the task's first
+    metric: str | None  # "acc_norm" or "exact_match,strict-match"; None: each task's first
+    first_metrics: dict[str, str | None] = field(default_factory=dict)  # by leaf task
 
 
 class TaskSet:
@@ -101,9 +102,9 @@ class TaskSet:
                 loaded = _load(manager, name)
                 for key in self.task_dict:
                     self.task_dict[key].update(loaded[key])
-                leaves = list(loaded["tasks"])
-                metric = (metrics or {}).get(name) or _first_metric(loaded["tasks"][leaves[0]])
-                self.requested.append(_Requested(name, leaves, metric))
+                firsts = {leaf: _first_metric(task) for leaf, task in loaded["tasks"].items()}
+                metric = (metrics or {}).get(name)
+                self.requested.append(_Requested(name, list(firsts), metric, firsts))
         self.code_tasks = sorted(
             n for n, t in self.task_dict["tasks"].items() if getattr(t, "UNSAFE_CODE", False)
         )
@@ -288,7 +289,7 @@ def _pick_scores(results: dict[str, Any], item: _Requested) -> dict[str, TaskSco
     scores = {}
     for name in names:
         row = table[name]
-        key = _metric_key(row, item.metric)
+        key = _metric_key(row, item.metric or item.first_metrics.get(name))
         if key is None:
             raise MinitronError(f"task '{name}' reported no metric {item.metric or ''}".strip())
         metric, _, filt = key.partition(",")
@@ -346,7 +347,13 @@ def _allowed(allow: bool) -> contextlib.AbstractContextManager:
 
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
-    """lm-eval logs at INFO/WARNING level for every task; keep stderr to errors."""
+    """lm-eval logs at INFO/WARNING level for every task; keep stderr to errors.
+
+    Also turns off the ``datasets`` progress bars (for the rest of the process).
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
     logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
