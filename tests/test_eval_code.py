@@ -111,3 +111,22 @@ def test_sandbox_runner_is_stdlib_only():
     source = (Path(__file__).parents[1] / "minitron/eval/_sandbox.py").read_text()
     imports = {line.split()[1] for line in source.splitlines() if line.startswith("import ")}
     assert imports <= {"os", "resource", "sys"}
+
+
+def test_lm_eval_code_tasks_get_the_sandboxed_scorer():
+    """lm-eval's MBPP metric calls evaluate.load("code_eval"): it gets minitron's scorer."""
+    import evaluate
+
+    from minitron.eval.harness import _code_metric_stand_in
+
+    with _code_metric_stand_in():
+        scorer = evaluate.load("code_eval")
+    assert isinstance(scorer, CodeEval)
+    assert evaluate.load is not None and not isinstance(evaluate.load, CodeEval)
+    with allow_code_execution():
+        scores, _ = scorer.compute(
+            references=["assert f() == 1", "assert f() == 2"],
+            predictions=[["def f(): return 1"], ["def f(): return 1"]],
+            k=[1, 10],
+        )
+    assert scores == {"pass@1": 0.5}  # pass@10 needs 10 programs per problem: left out

@@ -273,8 +273,8 @@ def _load(manager: Any, name: str) -> dict[str, Any]:
     try:
         with _quiet_lm_eval():
             return manager.load([name])
-    except MinitronError:
-        raise
+    except MinitronError as err:  # e.g. a code task's scorer, called while it loads
+        raise MinitronError(f"task {name}: {err}") from None
     except Exception as err:  # datasets and lm-eval raise many types
         raise MinitronError(f"could not load task '{name}': {first_line(err)}") from None
 
