@@ -3,7 +3,13 @@
 One module per command; importing them registers each on the shared Typer ``app``.
 """
 
-from minitron.cli import bench, importance, prune, report  # noqa: F401  (registers the commands)
+from minitron.cli import (  # noqa: F401  (registers the commands)
+    bench,
+    eval,
+    importance,
+    prune,
+    report,
+)
 from minitron.cli.app import app, run
 
 __all__ = ["app", "run"]
