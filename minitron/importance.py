@@ -110,7 +110,7 @@ def _is_number(value: Any) -> bool:
 
 
 _FIELD_TYPES = {
-    "metric": lambda v: v in METRICS,
+    "metric": lambda v: v in METRICS or (isinstance(v, str) and v.startswith("task:")),
     "num_layers": lambda v: _is_int(v) and v > 0,
     "block_size": lambda v: _is_int(v) and v > 0,
     "layers": lambda v: isinstance(v, list) and all(map(_is_number, v)),

@@ -42,7 +42,9 @@ def plot_importance(result: ImportanceResult, path: str | Path, title: str = "")
             ax.set_ylim(bottom=min(min(scores), result.baseline_loss) * 0.95)
             ax.legend(loc="best")
         ax.set_xlabel(f"{'layer' if size == 1 else 'layers removed'} (0-indexed)")
-        ax.set_ylabel(_LABELS[result.metric], fontsize=8)
+        ax.set_ylabel(
+            _LABELS.get(result.metric, f"{result.metric} error with it removed"), fontsize=8
+        )
         ax.set_title(f"{name}: least important in orange (higher = more important)", fontsize=9)
         labels = [str(i) if size == 1 else f"{i}-{i + size - 1}" for i in range(len(scores))]
         ax.set_xticks(range(len(scores)), labels, rotation=0 if size == 1 else 90, fontsize=7)

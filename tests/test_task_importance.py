@@ -59,3 +59,64 @@ def test_task_scores_rank_blocks_as_a_slow_reference(block_size):
     order = sorted(range(len(blocks)), key=blocks.__getitem__)
     assert result.least_important_block() == order[0]
     assert result.metric == "task:next-token"
+
+
+def write_tiny_task(folder, items: int = 20, seed: int = 0):
+    """A local multiple-choice task (YAML + jsonl) over random printable strings."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    letters = "abcdefghij "
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "tiny.jsonl", "w") as handle:
+        for _ in range(items):
+            context = "".join(rng.choice(letters) for _ in range(12))
+            choices = ["".join(rng.choice(letters) for _ in range(4)) for _ in range(3)]
+            handle.write(json.dumps({"context": context, "choices": choices, "gold": 0}) + "\n")
+    (folder / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: tiny.jsonl\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: context\n"
+        "doc_to_choice: choices\ndoc_to_target: gold\nmetric_list:\n  - metric: acc\n"
+        "    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n"
+    )
+    return folder
+
+
+@pytest.mark.slow  # lm-eval over 11 model variants: ~20 s on an idle 2-core machine
+def test_task_metric_through_lm_eval_matches_a_slow_reference_loop(tmp_path):
+    from minitron.commands.importance import TaskScoring, score_layers
+    from minitron.eval import evaluate_tasks
+    from tests.conftest import char_tokenizer
+
+    folder = write_tiny_task(tmp_path / "tasks")
+    model, tokenizer = tiny_llama(), char_tokenizer()
+    task = TaskScoring(include_path=str(folder))
+    result = score_layers(model, tokenizer, "task:tiny_mc", [], 2, single_layers=False, task=task)
+
+    def reference(removed) -> float:  # a physically pruned copy, scored from scratch
+        pruned = copy.deepcopy(model)
+        drop_layers(pruned, removed)
+        return (
+            1.0 - evaluate_tasks(pruned, tokenizer, ["tiny_mc"], None, [folder])["tiny_mc"]["value"]
+        )
+
+    blocks = [reference(range(s, s + 2)) for s in range(5)]
+    print("task error with each block of 2 removed:", blocks)
+    assert result.blocks == pytest.approx(blocks, abs=1e-12)
+    assert max(blocks) > min(blocks)
+    assert result.least_important_block() == min(range(5), key=blocks.__getitem__)
+    assert result.metric == "task:tiny_mc" and result.layers == []
+
+
+@pytest.mark.parametrize("metric", ["task:", "accuracy", "task: "])
+def test_bad_metric_is_one_error(metric):
+    from minitron.commands.importance import ImportanceConfig
+    from minitron.commands.prune import PruneConfig
+    from minitron.config import parse_config
+    from minitron.errors import MinitronError
+
+    with pytest.raises(MinitronError, match="task:<lm-eval task>"):
+        parse_config(ImportanceConfig, {"metric": metric})
+    with pytest.raises(MinitronError, match="task:<lm-eval task>"):
+        parse_config(PruneConfig, {"parent": "p", "target_layers": 3, "metric": metric})

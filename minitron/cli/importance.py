@@ -20,7 +20,9 @@ def importance(
     model: Annotated[
         str, typer.Argument(help="Embedded alias, local folder, .gguf file or Hub id.")
     ] = "smollm2-135m",
-    metric: Annotated[str, typer.Option(help="bi | angular | loss")] = "loss",
+    metric: Annotated[
+        str, typer.Option(help="bi | angular | loss | task:NAME (an lm-eval task's error).")
+    ] = "loss",
     block_size: Annotated[
         int, typer.Option(help="Layers per contiguous block scored besides single layers.")
     ] = 1,
@@ -43,6 +45,15 @@ def importance(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow a Hub model's own code to run.")
     ] = False,
+    task_limit: Annotated[
+        int | None, typer.Option(help="task: metric: items scored per candidate.")
+    ] = None,
+    include_path: Annotated[
+        str | None, typer.Option(help="task: metric: folder of extra lm-eval task YAMLs.")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="task: metric: few-shot examples [default: the task's].")
+    ] = None,
 ) -> None:
     """Score how much each layer (and each block of --block-size layers) matters."""
     from minitron.commands.importance import run_importance
@@ -52,6 +63,7 @@ def importance(
         {
             "model": model, "metric": metric, "block_size": block_size, "dtype": dtype,
             "device": device, "trust_remote_code": trust_remote_code,
+            "task": {"limit": task_limit, "include_path": include_path, "num_fewshot": num_fewshot},
             "data": {
                 "source": data, "subset": subset, "split": split, "text_column": text_column,
                 "streaming": streaming, "samples": samples, "seq_len": seq_len,
@@ -60,7 +72,7 @@ def importance(
         },
     )  # fmt: skip
     slug = Path(model.rstrip("/")).name.removesuffix(".gguf")
-    target = output or Path("runs/importance") / f"{slug}-{metric}"
+    target = output or Path("runs/importance") / f"{slug}-{metric.replace(':', '-')}"
     result = run_importance(config, target, overwrite)
     _print_scores(result)
     out.print(f"wrote {target}/scores.json and {target}/importance.png")
@@ -68,7 +80,8 @@ def importance(
 
 def _print_scores(result: Any) -> None:
     """Tables of single-layer and block scores with bars; least important marked."""
-    floor = result.baseline_loss if result.metric == "loss" else 0.0
+    task = result.metric.startswith("task:")
+    floor = result.baseline_loss if result.metric == "loss" or task else 0.0
 
     def bars(scores: list[float]) -> list[str]:
         """Bars scaled within one table, from the floor (unpruned loss, or 0) to the top."""
@@ -87,7 +100,9 @@ def _print_scores(result: Any) -> None:
         sections.append((result.blocks, result.block_size, {picked_block}))
     for scores, size, picked in sections:
         what = "single layer" if size == 1 else f"block of {size} layers"
-        title = f"LM loss with each {what} removed" if loss else f"{result.metric} of each {what}"
+        title = f"{result.metric} of each {what}"
+        if loss or task:
+            title = f"{'LM loss' if loss else result.metric + ' error'} with each {what} removed"
         table = Table(title=f"{title} (0-indexed, higher = more important)")
         table.add_column("layers" if size > 1 else "layer", justify="right")
         table.add_column(result.metric, justify="right")
@@ -104,6 +119,9 @@ def _print_scores(result: Any) -> None:
     if loss:
         base = result.baseline_loss
         out.print(f"unpruned model: loss {base:.4f}, perplexity {math.exp(base):.1f}")
+    if task:
+        base = result.baseline_loss
+        out.print(f"unpruned model: {result.metric} error {base:.4f} (accuracy {1 - base:.4f})")
     block = result.block(picked_block)
     out.print(
         f"least important block of {result.block_size}: layers {block[0]}-{block[-1]} (0-indexed); "

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from minitron.config import DataConfig, Device, Dtype, config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
-from minitron.importance import ImportanceResult, check_block_size, compute_importance
+from minitron.importance import METRICS, ImportanceResult, check_block_size, compute_importance
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,
@@ -23,8 +23,64 @@ from minitron.io import (
     model_identity,
 )
 from minitron.plots import plot_importance
+from minitron.task_importance import task_importance
 
-Metric = Literal["bi", "angular", "loss"]
+Metric = str  # "bi", "angular", "loss" or "task:<lm-eval task>"
+
+
+def check_metric(metric: str, key: str = "metric") -> None:
+    """Accept ``bi``, ``angular``, ``loss`` or ``task:<name>``; else a one-line error."""
+    if metric in METRICS or (metric.startswith("task:") and metric.removeprefix("task:").strip()):
+        return
+    raise MinitronError(
+        f"{key} must be one of {', '.join(METRICS)} or task:<lm-eval task> (got {metric!r})"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskScoring:
+    """How a ``task:<name>`` metric runs its lm-eval task on each candidate.
+
+    Attributes:
+        limit: Items of the task scored per candidate (``None``: all of them).
+        include_path: A folder of extra task YAMLs (local, offline tasks).
+        num_fewshot: Few-shot examples (``None``: the task's default).
+    """
+
+    limit: int | None = None
+    include_path: str | None = None
+    num_fewshot: int | None = None
+
+
+def score_layers(
+    model: Any,
+    tokenizer: Any,
+    metric: str,
+    calibration: list[Any],
+    block_size: int,
+    single_layers: bool = True,
+    task: TaskScoring | None = None,
+) -> ImportanceResult:
+    """Importance by any metric: ``compute_importance``, or a task scan for ``task:<name>``.
+
+    Does not change the model (a task scan removes and restores each candidate).
+    """
+    if not metric.startswith("task:"):
+        return compute_importance(model, calibration, metric, block_size, single_layers)
+    from minitron.eval import evaluate_tasks
+
+    name = metric.removeprefix("task:")
+    task = task or TaskScoring()
+    paths = [task.include_path] if task.include_path else []
+    shots = {name: task.num_fewshot} if task.num_fewshot is not None else None
+
+    def accuracy(candidate: Any) -> float:
+        scores = evaluate_tasks(candidate, tokenizer, [name], task.limit, paths, shots)
+        if name not in scores:
+            raise MinitronError(f"task '{name}' gave no score of its own (is it a group?)")
+        return float(scores[name]["value"])
+
+    return task_importance(model, accuracy, name, block_size, single_layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +89,11 @@ class ImportanceConfig:
 
     Attributes:
         model: Model spec (embedded alias, local folder, ``.gguf`` or Hub id).
-        metric: ``bi``, ``angular`` or ``loss`` (see ``minitron.importance``).
+        metric: ``bi``, ``angular`` or ``loss`` (see ``minitron.importance``), or
+            ``task:<name>``: the error of an lm-eval task with each candidate removed.
         block_size: Layers per contiguous block scored besides single layers.
-        data: Calibration text.
+        data: Calibration text (not used by ``task:`` metrics).
+        task: How a ``task:`` metric runs its task.
         dtype: Compute dtype; ``auto`` is bfloat16 on CUDA, float32 on CPU.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         trust_remote_code: Allow a Hub model's own code to run.
@@ -45,11 +103,13 @@ class ImportanceConfig:
     metric: Metric = "loss"
     block_size: int = 1
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    task: TaskScoring = dataclasses.field(default_factory=TaskScoring)
     dtype: Dtype = "auto"
     device: Device = "auto"
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        check_metric(self.metric)
         if self.block_size < 1:
             raise MinitronError(f"block_size must be at least 1 (got {self.block_size})")
 
@@ -68,11 +128,13 @@ def run_importance(
     model, tokenizer = load_model(
         config.model, config.dtype, config.device, config.trust_remote_code
     )
-    data = load_text_data(config.data, tokenizer)
-    result = compute_importance(
-        model, batches(data.calibration, config.data.batch_size), config.metric, config.block_size
+    task_metric = config.metric.startswith("task:")
+    data = None if task_metric else load_text_data(config.data, tokenizer)
+    calibration = [] if data is None else batches(data.calibration, config.data.batch_size)
+    result = score_layers(
+        model, tokenizer, config.metric, calibration, config.block_size, task=config.task
     )
-    result.data = data.info
+    result.data = data.info if data else {"task": config.metric.removeprefix("task:")}
     record = result.to_dict() | {
         "model": config.model,
         "model_identity": model_identity(config.model),

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from minitron import __version__
+from minitron.commands.importance import score_layers
 from minitron.commands.prune_config import PruneConfig
 from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.evaluate import perplexity
-from minitron.importance import ImportanceResult, compute_importance
+from minitron.importance import ImportanceResult
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,
@@ -168,7 +169,9 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     if needs_scores:
         calibration = batches(data.calibration, config.data.batch_size)
         size = scores_block_size(config, num_layers)
-        scores = compute_importance(model, calibration, config.metric, size, single_layers=False)
+        scores = score_layers(
+            model, tokenizer, config.metric, calibration, size, False, config.task
+        )
         scores.data = data.info
     plan = plan_depth(config, num_layers, scores)
     heldout = batches(data.heldout, config.data.batch_size) if data and config.perplexity else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from minitron.commands.importance import Metric
+from minitron.commands.importance import Metric, TaskScoring, check_metric
 from minitron.config import DataConfig, Device, Dtype
 from minitron.errors import MinitronError
 
@@ -28,7 +28,9 @@ class PruneConfig:
         target_layers: Layers to keep.
         drop_layers: 0-indexed layers to drop; excludes ``method``.
         method: ``contiguous`` (default when ``drop_layers`` is absent) or ``individual``.
-        metric: Importance metric for ``method``.
+        metric: Importance metric for ``method``: ``bi``, ``angular``, ``loss`` or
+            ``task:<lm-eval task>`` (the paper scored blocks by Winogrande).
+        task: How a ``task:`` metric runs its task (limit, include_path, num_fewshot).
         scores: A ``scores.json`` from ``minitron importance`` to reuse instead of scoring.
         data: Calibration text for scoring, held-out text for perplexity.
         perplexity: Report held-out perplexity of the parent and the pruned model.
@@ -47,6 +49,7 @@ class PruneConfig:
     drop_layers: list[int] | None = None
     method: Literal["contiguous", "individual"] | None = None
     metric: Metric = "loss"
+    task: TaskScoring = dataclasses.field(default_factory=TaskScoring)
     scores: str | None = None
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     perplexity: bool = True
@@ -60,6 +63,7 @@ class PruneConfig:
     ridge: float = 1e-2
 
     def __post_init__(self) -> None:
+        check_metric(self.metric)
         if self.ridge < 0:
             raise MinitronError(f"ridge must be 0 or more (got {self.ridge})")
         if self.block_configs is not None and self.rules is not None:
