@@ -28,14 +28,23 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Score every layer and every 10-layer block of the embedded model by LM loss,
-# then drop the least important block (30 -> 20 layers) and compare held-out
-# perplexity. About 5 minutes on 2 CPU cores.
+# The Minitron pipeline on the embedded model, offline: score blocks by LM loss,
+# drop the least important block (30 -> 20 layers), distill the parent into it,
+# evaluate and benchmark parent / pruned / distilled, and report them side by
+# side (runs/demo-report/report.md and PNGs). About 15 minutes on 2 CPU cores.
+DEMO := runs/demo
 demo: install
 	$(BIN)/minitron importance smollm2-135m --metric loss --block-size 10 --samples 8 \
-		--output runs/demo/importance --overwrite
+		--output $(DEMO)/importance --overwrite
 	$(BIN)/minitron prune recipes/smollm2-135m/depth.yaml \
-		--set scores=runs/demo/importance/scores.json --output runs/demo/smollm2-135m-20l --overwrite
+		--set scores=$(DEMO)/importance/scores.json --output $(DEMO)/pruned --overwrite
+	$(BIN)/minitron distill recipes/smollm2-135m/distill.yaml \
+		--set student=$(DEMO)/pruned --output $(DEMO)/distilled --overwrite
+	$(BIN)/minitron eval smollm2-135m $(DEMO)/pruned $(DEMO)/distilled \
+		--tasks minitron-suite,perplexity --limit 8 --output $(DEMO)/eval --overwrite
+	$(BIN)/minitron bench smollm2-135m $(DEMO)/pruned $(DEMO)/distilled --batch-sizes 1 \
+		--prompt-len 64 --gen-len 16 --repeats 2 --threads 1 --output $(DEMO)/bench --overwrite
+	$(BIN)/minitron report $(DEMO) --output runs/demo-report --overwrite
 
 lint: install
 	$(BIN)/ruff check minitron tests benchmarks

@@ -28,8 +28,9 @@ except ImportError:  # older typer uses click itself
 
 app = typer.Typer(
     name="minitron",
-    help="Compress Llama-family models with NVIDIA's Minitron recipes on plain transformers "
-    "checkpoints: score layers (importance), then drop them (prune). "
+    help="Compress Llama-family models with NVIDIA's Minitron and Puzzle recipes on plain "
+    "transformers checkpoints: score layers (importance), drop layers or edit blocks (prune), "
+    "recover by distillation (distill), then measure (eval, bench, report). "
     "Layer indices are 0-indexed everywhere.",
     no_args_is_help=True,
     add_completion=False,
