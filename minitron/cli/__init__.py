@@ -3,7 +3,7 @@
 One module per command; importing them registers each on the shared Typer ``app``.
 """
 
-from minitron.cli import importance, prune  # noqa: F401  (registers the commands)
+from minitron.cli import distill, importance, prune  # noqa: F401  (registers the commands)
 from minitron.cli.app import app, run
 
 __all__ = ["app", "run"]
