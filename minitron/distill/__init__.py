@@ -1,0 +1,1 @@
+"""Knowledge distillation: the chunked KD loss, data, the LightningModule and the run."""
