@@ -89,7 +89,7 @@ class DistillModule(L.LightningModule):
         self.optim, self.loss_config = optim, loss
         self.max_steps, self.layout, self.seed = max_steps, layout, seed
         self.kd_loss = ChunkedKDLoss(
-            loss.temperature, loss.top_k, loss.lm_weight, chunk_tokens=loss.chunk_tokens
+            loss.temperature, loss.top_k, loss.lm_weight, loss.chunk_tokens, loss.grad_in_forward
         )
         self.val_kl = ChunkedKDLoss(1.0, None, 0.0, chunk_tokens=loss.chunk_tokens)
         self.history: list[dict[str, float]] = []
@@ -165,7 +165,9 @@ class DistillModule(L.LightningModule):
 
     def _record_step(self) -> None:
         """All ranks: reduce the step's mean loss, stop on NaN/inf, log and keep it."""
-        mean = self.trainer.strategy.reduce(self._running / self.layout.accumulation, "mean")
+        mean = self.trainer.strategy.reduce(
+            self._running / self.layout.accumulation, reduce_op="mean"
+        )
         self._running = 0.0
         value, step = float(mean), self.trainer.global_step + 1
         if not math.isfinite(value):

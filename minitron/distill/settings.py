@@ -58,13 +58,16 @@ class LossConfig:
         top_k: Keep only the teacher's k largest logits (renormalised).
         lm_weight: Weight of the student's LM cross-entropy next to the KL.
         chunk_tokens: Tokens per chunk of logits in the loss.
+        grad_in_forward: Let the KD loss compute its gradients in the forward
+            (fewer head matmuls, more memory held; see docs/kd-loss.md).
     """
 
     objective: Literal["kd", "lm"] = "kd"
     temperature: float = 1.0
     top_k: int | None = None
     lm_weight: float = 0.0
-    chunk_tokens: int = 1024
+    chunk_tokens: int = 256
+    grad_in_forward: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
