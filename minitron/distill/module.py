@@ -257,6 +257,11 @@ class DistillModule(L.LightningModule):
                 f"cannot resume: the checkpoint's global batch is {state['layout']} "
                 f"(micro-batch, accumulation, ranks), this run's {lay.global_batch} sequences"
             )
+        if state["seed"] != self.seed:
+            raise MinitronError(
+                f"cannot resume: the checkpoint was trained with seed {state['seed']}, "
+                f"this run has seed {self.seed} (the data order would change)"
+            )
         self.history, self.val_history = list(state["history"]), list(state["val_history"])
         self.teacher_val = state["teacher_val"]
         torch.set_rng_state(state["torch_rng"])
