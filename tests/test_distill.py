@@ -118,10 +118,11 @@ def test_a_run_writes_an_hf_student_with_its_record(tmp_path, pair):
     assert list((work / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_lm_objective_and_teacher_correction(tmp_path, pair):
+def test_lm_objective_teacher_correction_bf16_and_checkpointing(tmp_path, pair):
     teacher, student = pair
     config = recipe(
         teacher, student, loss={"objective": "lm"}, max_steps=2,
+        precision="bf16-mixed", activation_checkpointing=True,
         teacher_correction={"enabled": True, "steps": 2, "lr": 1e-3, "warmup_steps": 1},
     )  # fmt: skip
     record = run_distill(config, tmp_path / "out")

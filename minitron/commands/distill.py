@@ -179,7 +179,7 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
 def prepare_student(student: nn.Module, config: DistillConfig) -> nn.Module:
     """Train mode, optional activation checkpointing and fp8, in place."""
     student.train()
-    if config.activation_checkpointing:
+    if config.activation_checkpointing and config.strategy != "fsdp":  # FSDP wraps layers itself
         student.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
