@@ -179,3 +179,21 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pair):
     with pytest.raises(MinitronError, match="nothing to resume"):
         run_distill(recipe(teacher, student), tmp_path / "out", resume=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nemotron_nas_student_stays_nemotron_nas(tmp_path):
+    pytest.importorskip("tests.nas_helpers")  # the nemotron-nas class (the NAS issue)
+    from tests.nas_helpers import TINY, tiny_nas
+
+    tiny_llama(4, seed=0, **TINY).save_pretrained(tmp_path / "teacher")
+    tiny_nas().save_pretrained(tmp_path / "student")
+    for name in ("teacher", "student"):
+        char_tokenizer().save_pretrained(tmp_path / name)
+    config = recipe(tmp_path / "teacher", tmp_path / "student", max_steps=4, val_every=4)
+    record = run_distill(config, tmp_path / "out")
+    assert record["final"]["val_kl"] < record["start"]["val_kl"]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (saved["model_type"], saved["architectures"]) == ("nemotron-nas", ["DeciLMForCausalLM"])
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "out")).__name__ == (
+        "DeciLMForCausalLM"
+    )
