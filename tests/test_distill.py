@@ -179,6 +179,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pair):
     with pytest.raises(MinitronError, match="nothing to resume"):
         run_distill(recipe(teacher, student), tmp_path / "out", resume=True)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(MinitronError, match="output folder exists: .* --overwrite"):
+        run_distill(recipe(teacher, student), tmp_path / "out")
+    with pytest.raises(MinitronError, match="would replace the input"):
+        run_distill(recipe(teacher, student), student, overwrite=True)
 
 
 def test_a_nemotron_nas_student_stays_nemotron_nas(tmp_path):
