@@ -170,6 +170,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pair):
         (recipe(teacher, tmp_path / "nope"), "student: model not found"),
         (recipe(teacher, student, data={"seq_len": 100}), "seq_len 100 exceeds the models' 64"),
     ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((recipe(teacher, student, strategy="fsdp"), "fsdp needs CUDA GPUs"))
     empty = {"source": str(tmp_path / "empty.txt")}
     cases.append((recipe(teacher, student, data=empty), "gave 0 sequences"))
     (tmp_path / "empty.txt").write_text("")

@@ -136,6 +136,8 @@ def check_inputs(config: DistillConfig, output: Path, overwrite: bool, resume: b
     from minitron.distill.run import latest_checkpoint
 
     check_output_dir(output, overwrite, protect=[config.teacher, config.student])
+    if config.strategy == "fsdp" and (config.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise MinitronError("strategy: fsdp needs CUDA GPUs (use ddp on CPU)")
     for role in ("teacher", "student"):
         spec = getattr(config, role)
         try:
