@@ -234,12 +234,19 @@ def fit(trainer: L.Trainer, module: DistillModule, work: Path, resume: bool) -> 
     if resume and ckpt is None:
         raise MinitronError(f"nothing to resume: no checkpoint in {work / CHECKPOINTS}")
     (work / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         trainer.fit(module, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    except MinitronError as err:
+    except (MinitronError, SIGTERMException) as err:
         last = latest_checkpoint(work)
         kept = f"; last good checkpoint: {last} (--resume continues from it)" if last else ""
-        raise MinitronError(f"{err}{kept}") from None
+        reason = (
+            str(err)
+            if isinstance(err, MinitronError)
+            else f"stopped by SIGTERM after step {trainer.global_step}"
+        )
+        raise MinitronError(f"{reason}{kept}") from None
 
 
 def quiet_lightning() -> None:
