@@ -183,12 +183,11 @@ class DistillModule(L.LightningModule):
             "tokens": step * self.tokens_per_step,
             "train_loss": value,
             "lr": lr,
+            "tokens_per_s": round(tokens_per_s, 2),  # wall time since the previous step's record
         }
         self.history.append(record)
         self.log_dict({"train_loss": value, "lr": lr}, on_step=True, rank_zero_only=True)
-        self.log(
-            "tok/s", tokens_per_s, on_step=True, prog_bar=True, logger=False, rank_zero_only=True
-        )
+        self.log("tok/s", tokens_per_s, on_step=True, prog_bar=True, rank_zero_only=True)
         self.log("loss", value, on_step=True, prog_bar=True, logger=False, rank_zero_only=True)
 
     # ---- validation ----
