@@ -55,3 +55,44 @@ def plot_importance(result: ImportanceResult, path: str | Path, title: str = "")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_loss_curve(
+    history: list[dict], val_history: list[dict], path: str | Path, record: dict | None = None
+) -> Path:
+    """Training loss and held-out loss / KL against tokens seen, one PNG.
+
+    Args:
+        history: Rows with ``tokens`` and ``train_loss`` (one per optimizer step).
+        val_history: Rows with ``tokens``, ``val_loss`` and optionally ``val_kl``.
+        path: Where to write the figure.
+        record: The run's record, for the title (teacher and student specs).
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if history:
+        ax.plot([r["tokens"] for r in history], [r["train_loss"] for r in history],
+                color=_PLAIN, alpha=0.6, label="train loss (the objective)")  # fmt: skip
+    for key, color, label in (
+        ("val_loss", _PICKED, "held-out LM loss"),
+        ("val_kl", _BASE, "held-out KL to teacher"),
+    ):
+        rows = [r for r in val_history if key in r]
+        if rows:
+            ax.plot(
+                [r["tokens"] for r in rows], [r[key] for r in rows], "o-", color=color, label=label
+            )
+    teacher = (record or {}).get("teacher_val") or {}
+    if "val_loss" in teacher:
+        ax.axhline(
+            teacher["val_loss"], color="grey", linestyle="--", label="teacher held-out LM loss"
+        )
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel("nats per token")
+    ax.legend(loc="best")
+    if record:
+        ax.set_title(f"distill {record.get('teacher')} -> {record.get('student')}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
