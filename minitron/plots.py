@@ -69,7 +69,7 @@ def plot_loss_curve(
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if history:
         ax.plot([r["tokens"] for r in history], [r["train_loss"] for r in history],
-                color=_PLAIN, alpha=0.6, label="train loss")  # fmt: skip
+                color=_PLAIN, alpha=0.6, label="train loss (the objective)")  # fmt: skip
     for key, color, label in (
         ("val_loss", _PICKED, "held-out LM loss"),
         ("val_kl", _BASE, "held-out KL to teacher"),

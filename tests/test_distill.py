@@ -118,10 +118,11 @@ def test_a_run_writes_an_hf_student_with_its_record(tmp_path, pair):
     assert list((work / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_lm_objective_and_teacher_correction(tmp_path, pair):
+def test_lm_objective_teacher_correction_bf16_and_checkpointing(tmp_path, pair):
     teacher, student = pair
     config = recipe(
         teacher, student, loss={"objective": "lm"}, max_steps=2,
+        precision="bf16-mixed", activation_checkpointing=True,
         teacher_correction={"enabled": True, "steps": 2, "lr": 1e-3, "warmup_steps": 1},
     )  # fmt: skip
     record = run_distill(config, tmp_path / "out")
@@ -169,6 +170,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pair):
         (recipe(teacher, tmp_path / "nope"), "student: model not found"),
         (recipe(teacher, student, data={"seq_len": 100}), "seq_len 100 exceeds the models' 64"),
     ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append((recipe(teacher, student, strategy="fsdp"), "fsdp needs CUDA GPUs"))
     empty = {"source": str(tmp_path / "empty.txt")}
     cases.append((recipe(teacher, student, data=empty), "gave 0 sequences"))
     (tmp_path / "empty.txt").write_text("")
@@ -178,3 +181,26 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pair):
     with pytest.raises(MinitronError, match="nothing to resume"):
         run_distill(recipe(teacher, student), tmp_path / "out", resume=True)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(MinitronError, match="output folder exists: .* --overwrite"):
+        run_distill(recipe(teacher, student), tmp_path / "out")
+    with pytest.raises(MinitronError, match="would replace the input"):
+        run_distill(recipe(teacher, student), student, overwrite=True)
+
+
+def test_a_nemotron_nas_student_stays_nemotron_nas(tmp_path):
+    pytest.importorskip("tests.nas_helpers")  # the nemotron-nas class (the NAS issue)
+    from tests.nas_helpers import TINY, tiny_nas
+
+    tiny_llama(4, seed=0, **TINY).save_pretrained(tmp_path / "teacher")
+    tiny_nas().save_pretrained(tmp_path / "student")
+    for name in ("teacher", "student"):
+        char_tokenizer().save_pretrained(tmp_path / name)
+    config = recipe(tmp_path / "teacher", tmp_path / "student", max_steps=4, val_every=4)
+    record = run_distill(config, tmp_path / "out")
+    assert record["final"]["val_kl"] < record["start"]["val_kl"]
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (saved["model_type"], saved["architectures"]) == ("nemotron-nas", ["DeciLMForCausalLM"])
+    assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "out")).__name__ == (
+        "DeciLMForCausalLM"
+    )

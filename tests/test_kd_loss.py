@@ -10,6 +10,7 @@ from torch import nn
 
 from minitron.distill import kd_function
 from minitron.distill.loss import ChunkedKDLoss, plain_kd_loss
+from tests.conftest import random_batches, tiny_llama
 
 N, H_S, H_T, V = 37, 16, 24, 50
 
@@ -195,3 +196,27 @@ def test_grad_in_forward_scales_by_the_output_gradient_once():
             hs, s_head, ht, t_head, labels
         )
     assert quiet.loss.item() == pytest.approx(ref.loss.item(), abs=1e-6)
+
+
+def test_tiny_llamas_hidden_states_give_the_loss_of_their_logits():
+    """The docs' recipe: hidden states after the final norm + lm_head = model logits."""
+    student, teacher = tiny_llama(num_layers=2, seed=1).train(), tiny_llama(num_layers=4, seed=2)
+    ids = random_batches(count=1, batch=2, seq_len=12)[0]
+    hs = student.model(ids).last_hidden_state[:, :-1].flatten(0, 1)  # [N, H]
+    with torch.no_grad():
+        ht = teacher.model(ids).last_hidden_state[:, :-1].flatten(0, 1)
+        zt = teacher(ids).logits[:, :-1].flatten(0, 1)  # [N, V]
+    labels = ids[:, 1:].flatten()
+    out = ChunkedKDLoss(lm_weight=0.5, chunk_tokens=5)(
+        hs, student.lm_head, ht, teacher.lm_head, labels
+    )
+    zs = student(ids).logits[:, :-1].flatten(0, 1)
+    log_ps, log_pt = zs.log_softmax(-1), zt.log_softmax(-1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+    want = kl + 0.5 * torch.nn.functional.cross_entropy(zs, labels)
+    assert out.loss.item() == pytest.approx(want.item(), abs=1e-5)
+    out.loss.backward()
+    got = student.lm_head.weight.grad.clone()
+    student.zero_grad()
+    want.backward()
+    torch.testing.assert_close(got, student.lm_head.weight.grad, atol=1e-5, rtol=0)

@@ -25,8 +25,8 @@ def distill(
     output: Annotated[
         Path | None,
         typer.Option(
-            help="Output folder [default: recipe's output, else runs/<folder>/<recipe name>]; "
-            "checkpoints and logs go to <output>.work."
+            help="Output folder (default: the recipe's output, else runs/<folder>/<recipe "
+            "name>); checkpoints and logs go to <output>.work beside it."
         ),
     ] = None,
     resume: Annotated[

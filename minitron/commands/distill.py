@@ -11,18 +11,20 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from minitron.config import DataConfig, Dtype
 from minitron.distill.data import Layout, passes_needed
-from minitron.distill.module import DistillModule
 from minitron.distill.precision import Precision, convert_fp8, trainer_precision
 from minitron.distill.settings import LossConfig, OptimConfig
 from minitron.errors import MinitronError
 from minitron.io import check_output_dir, load_config, resolve_model
+
+if TYPE_CHECKING:  # Lightning is imported only when a run starts
+    from minitron.distill.module import DistillModule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +136,8 @@ def check_inputs(config: DistillConfig, output: Path, overwrite: bool, resume: b
     from minitron.distill.run import latest_checkpoint
 
     check_output_dir(output, overwrite, protect=[config.teacher, config.student])
+    if config.strategy == "fsdp" and (config.accelerator == "cpu" or not torch.cuda.is_available()):
+        raise MinitronError("strategy: fsdp needs CUDA GPUs (use ddp on CPU)")
     for role in ("teacher", "student"):
         spec = getattr(config, role)
         try:
@@ -179,7 +183,7 @@ def check_tokenizers(teacher_tok: Any, student_tok: Any) -> None:
 def prepare_student(student: nn.Module, config: DistillConfig) -> nn.Module:
     """Train mode, optional activation checkpointing and fp8, in place."""
     student.train()
-    if config.activation_checkpointing:
+    if config.activation_checkpointing and config.strategy != "fsdp":  # FSDP wraps layers itself
         student.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
@@ -213,6 +217,8 @@ def build_module(
     world_size: int = 1,
 ) -> DistillModule:
     """The LightningModule of a recipe, for scripts and benchmarks as well as the CLI."""
+    from minitron.distill.module import DistillModule
+
     layout = Layout(config.data.batch_size, config.grad_accum, world_size)
     return DistillModule(
         student, teacher, train_tokens, val_tokens, config.optim, config.loss,

@@ -54,8 +54,8 @@ def export_student(
     from minitron.plots import plot_loss_curve
 
     model = student_weights(student, state).to(dtype).eval()
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
+    if getattr(model, "supports_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()  # saved configs carry no training switches
     record["params"] = sum(p.numel() for p in model.parameters())
     record["layers"] = len(decoder_layers(model))
     record["dtype"] = str(dtype).removeprefix("torch.")

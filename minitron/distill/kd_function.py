@@ -49,54 +49,65 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dt
     return F.linear(hidden.to(dtype), weight.to(dtype), bias).to(softmax_dtype(dtype))
 
 
-def _block(zs, zt, labels, temperature, top_k, scales):
-    """KL sum, CE sum and (if scales) d loss / d zs of a few rows; inputs unchanged.
+def _log_softmax_(z: Tensor) -> Tensor:
+    """log_softmax over the last dim, in place."""
+    return z.sub_(torch.logsumexp(z, dim=-1, keepdim=True))
 
-    zs, zt: [b, V] student / teacher logits; labels [b] | None;
-    scales: (kl_scale, ce_scale | None) multiplying Σ KL and Σ CE in the loss, or None.
+
+def _block(zs, zt, labels, temperature, top_k, scales):
+    """KL sum and CE sum of a few rows; with scales, zs becomes d loss / d zs.
+
+    zs, zt: [b, V] student / teacher logits, both overwritten (in place, so that the
+    temporaries stay at one or two blocks); labels [b] | None; scales: (kl_scale,
+    ce_scale | None) multiplying Σ KL and Σ CE in the loss, or None.
     """
     t = temperature
-    log_ps = torch.log_softmax(zs if t == 1.0 else zs / t, dim=-1)  # [b, V]
-    index = None
+    ce_scale = None if scales is None else scales[1]
+    ce, p1 = zs.new_zeros(()), None
+    if labels is not None:
+        lse1 = torch.logsumexp(zs, dim=-1, keepdim=True)  # [b, 1]
+        ce = (lse1 - zs.gather(1, labels[:, None])).sum()
+        if ce_scale is not None and t != 1.0:
+            p1 = zs.sub(lse1).exp_().mul_(ce_scale)  # softmax at T = 1, scaled
+    log_ps = _log_softmax_(zs if t == 1.0 else zs.div_(t))  # [b, V]
     if top_k is None:
-        log_pt = torch.log_softmax(zt if t == 1.0 else zt / t, dim=-1)  # [b, V]
-        kl = (log_pt.exp() * (log_pt - log_ps)).sum()
+        log_pt = _log_softmax_(zt if t == 1.0 else zt.div_(t))  # [b, V]
+        p_t = log_pt.exp()
+        kl = log_pt.sub_(log_ps).mul_(p_t).sum()
     else:
         values, index = zt.topk(top_k, dim=-1)  # [b, k]
         log_pt = torch.log_softmax(values if t == 1.0 else values / t, dim=-1)
-        kl = (log_pt.exp() * (log_pt - log_ps.gather(1, index))).sum()
-    ce, log_p1 = zs.new_zeros(()), None
-    if labels is not None:
-        log_p1 = log_ps if t == 1.0 else torch.log_softmax(zs, dim=-1)
-        ce = -log_p1.gather(1, labels[:, None]).sum()
+        p_t = log_pt.exp()
+        kl = (p_t * (log_pt - log_ps.gather(1, index))).sum()
     if scales is None:
-        return kl, ce, None
-    kl_scale, ce_scale = scales
-    a = kl_scale / t  # d(Σ KL)/d zs = (p_s - p_t) / T
-    grad = log_ps.exp().mul_(a)
-    p_t = log_pt.exp().mul_(a)
-    if index is None:
-        grad.sub_(p_t)
+        return kl, ce
+    a = scales[0] / t  # d(Σ KL)/d zs = (p_s - p_t) / T
+    grad = log_ps.exp_()  # p_s, in zs
+    if ce_scale is not None and t == 1.0:  # d(Σ CE)/d zs = softmax(zs) - onehot(label)
+        grad.mul_(a + ce_scale)
     else:
-        grad.scatter_add_(1, index, p_t.neg_())
-    if ce_scale is not None:  # d(Σ CE)/d zs = softmax(zs) - onehot(label)
-        grad.add_(log_p1.exp().mul_(ce_scale))
+        grad.mul_(a)
+    if p1 is not None:
+        grad.add_(p1)
+    if top_k is None:
+        grad.sub_(p_t.mul_(a))
+    else:
+        grad.scatter_add_(1, index, p_t.mul_(-a))
+    if ce_scale is not None:
         rows = torch.arange(grad.shape[0], device=grad.device)
         grad.index_put_((rows, labels), -ce_scale.expand(rows.shape), accumulate=True)
-    return kl, ce, grad
+    return kl, ce
 
 
 def _chunk(zs, zt, labels, opts: KDOptions, scales) -> tuple[Tensor, Tensor]:
-    """KL and CE sums of one chunk; with scales, overwrites zs [c, V] with d loss / d zs."""
+    """KL and CE sums of one chunk; with scales, zs [c, V] becomes d loss / d zs."""
     kl = ce = zs.new_zeros(())
     step = max(1, BLOCK_ELEMENTS // zs.shape[1])
     for start in range(0, zs.shape[0], step):
         rows = slice(start, start + step)
         y = None if labels is None else labels[rows]
-        k, c, grad = _block(zs[rows], zt[rows], y, opts.temperature, opts.top_k, scales)
+        k, c = _block(zs[rows], zt[rows], y, opts.temperature, opts.top_k, scales)
         kl, ce = kl + k, ce + c
-        if grad is not None:
-            zs[rows] = grad
     return kl, ce
 
 
@@ -122,8 +133,9 @@ class _Grads:
 
     def result(self, grad_out: Tensor | None):
         """(hidden, weight, bias) gradients in their inputs' dtypes, times grad_out."""
-        out = []
-        for g, dtype in zip((self.h, self.w, self.b), self.dtypes, strict=True):
+        out, accumulated = [], (self.h, self.w, self.b)
+        self.h = self.w = self.b = None  # no reference left: autograd can adopt them
+        for g, dtype in zip(accumulated, self.dtypes, strict=True):
             if g is not None and grad_out is not None:
                 g = g.mul_(grad_out.to(g.dtype))
             out.append(None if g is None else g.to(dtype))

@@ -1,10 +1,12 @@
 """Forward KL(teacher ‖ student) on logits, computed chunk by chunk over tokens.
 
 `ChunkedKDLoss` never holds full [N, V] logits: it takes the final hidden states and
-the LM heads, computes one chunk of logits at a time in the forward, and recomputes
-each chunk in the backward, accumulating the gradients of the student's hidden states
-and head weight chunk by chunk (a custom autograd Function). `plain_kd_loss` is the
-same definition written the plain way, on full logits, for tests and benchmarks.
+the LM heads, computes one chunk of logits at a time in the forward, and (by default)
+recomputes each chunk in the backward, accumulating the gradients of the student's
+hidden states and head weight chunk by chunk (a custom autograd Function in
+`kd_function.py`, which also has the other schedule: gradients in the forward).
+`plain_kd_loss` is the same definition written the plain way, on full logits, for
+tests and benchmarks.
 
 Definitions (p = softmax(logits / T), N tokens, D = tokens whose label != -100, or N
 when no labels are given):

@@ -194,17 +194,26 @@ class DistillModule(L.LightningModule):
     # ---- validation ----
     @torch.no_grad()
     def heldout_metrics(self, with_teacher: bool = False) -> dict[str, float]:
-        """Student loss, perplexity and KL to the teacher on this rank's held-out share,
-        summed over all ranks. Does not change either model (train mode is restored)."""
+        """Student loss, perplexity and KL to the teacher on the held-out split, all ranks
+        together. Does not change either model (train mode is restored).
+
+        Under DDP each rank scores its share and the sums are added. Under FSDP
+        every rank scores the whole split through the sharded root's forward
+        (which gathers the weights), so all ranks make the same collective calls.
+        """
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        sharded = self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)
+        rank, world = (0, 1) if sharded else (self.global_rank, self.layout.world_size)
+        run = self.trainer.strategy.model if sharded else self
         was_training = self.student.training
         self.student.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # ce, kl, tokens, teacher ce
-        for ids in rank_shard(self.val_tokens, self.global_rank, self.layout.world_size).split(
-            self.layout.micro_batch
-        ):
-            sums += self._heldout_sums(ids.to(self.device), with_teacher)
+        for ids in rank_shard(self.val_tokens, rank, world).split(self.layout.micro_batch):
+            sums += run(ids.to(self.device), with_teacher)
         self.student.train(was_training)
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        if not sharded and self._trainer is not None:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         ce, kl, tokens, teacher_ce = sums.tolist()
         tokens = max(tokens, 1.0)
         metrics = {"val_loss": ce / tokens, "val_ppl": math.exp(ce / tokens)}
@@ -215,7 +224,9 @@ class DistillModule(L.LightningModule):
             metrics["teacher_ppl"] = math.exp(teacher_ce / tokens)
         return metrics
 
-    def _heldout_sums(self, ids: torch.Tensor, with_teacher: bool) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, with_teacher: bool = False) -> torch.Tensor:
+        """``[4]`` float64 held-out sums of ``ids`` [m, T]: student CE, KL to the teacher,
+        tokens, teacher CE (the last only ``with_teacher``)."""
         hidden = final_hidden(self.student, ids)[:, :-1]
         rows, labels = hidden.reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1)
         count = labels.numel()

@@ -23,7 +23,7 @@ def trainer_precision(precision: Precision, on_cuda: bool) -> str:
     """Lightning's ``precision`` argument for a recipe's ``precision``.
 
     ``fp8`` runs the remaining (non-fp8) ops in bf16 autocast on CUDA and in
-    fp32 on CPU, where bf16 autocast is slower than fp32 and fp8 is emulated.
+    fp32 on CPU, where fp8 itself is emulated (the CPU path exists for tests).
     """
     if precision == "32":
         return "32-true"

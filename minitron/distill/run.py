@@ -141,14 +141,56 @@ class StepCheckpoint(Callback):
         return final
 
 
+class StepProgress(Callback):
+    """A rich bar over optimizer steps with the loss and tokens/s (rank 0, terminals only)."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, module: DistillModule) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if not (trainer.is_global_zero and console.is_terminal):
+            return
+        self.bar = Progress(
+            TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+            transient=True,
+        )  # fmt: skip
+        self.bar.start()
+        self.task = self.bar.add_task("", total=self.max_steps, completed=trainer.global_step,
+                                      info="")  # fmt: skip
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.bar is None or (batch_idx + 1) % module.layout.accumulation:
+            return
+        metrics = trainer.progress_bar_metrics
+        info = f"loss {metrics.get('loss', float('nan')):.4f}  {metrics.get('tok/s', 0):,.0f} tok/s"
+        self.bar.update(self.task, completed=trainer.global_step, info=info)
+
+    def on_train_end(self, trainer: L.Trainer, module: DistillModule) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def on_exception(self, trainer: L.Trainer, module: DistillModule, err: BaseException) -> None:
+        self.on_train_end(trainer, module)
+
+
 def build_trainer(options: TrainerOptions, work: Path) -> L.Trainer:
     """A Lightning Trainer with minitron's validation and checkpoint callbacks,
     writing CSV and TensorBoard logs under ``work/logs``."""
-    from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     quiet_lightning()
-    bar = console.is_terminal
     loggers = [
         CSVLogger(work / "logs", name="csv"),
         TensorBoardLogger(work / "logs", name="tensorboard", default_hp_metric=False),
@@ -166,13 +208,13 @@ def build_trainer(options: TrainerOptions, work: Path) -> L.Trainer:
         num_sanity_val_steps=0,
         enable_checkpointing=False,  # StepCheckpoint writes them
         enable_model_summary=False,
-        enable_progress_bar=bar,
+        enable_progress_bar=False,  # StepProgress counts optimizer steps, not micro-batches
         callbacks=[
             HeldoutValidation(options.val_every, options.max_steps),
             StepCheckpoint(
                 work, options.checkpoint_every, options.max_steps, options.keep_checkpoints
             ),
-            *([RichProgressBar(leave=False)] if bar else []),
+            StepProgress(options.max_steps),
         ],
         logger=loggers,
         log_every_n_steps=options.log_every,
@@ -192,12 +234,19 @@ def fit(trainer: L.Trainer, module: DistillModule, work: Path, resume: bool) -> 
     if resume and ckpt is None:
         raise MinitronError(f"nothing to resume: no checkpoint in {work / CHECKPOINTS}")
     (work / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         trainer.fit(module, ckpt_path=ckpt, weights_only=True if ckpt else None)
-    except MinitronError as err:
+    except (MinitronError, SIGTERMException) as err:
         last = latest_checkpoint(work)
         kept = f"; last good checkpoint: {last} (--resume continues from it)" if last else ""
-        raise MinitronError(f"{err}{kept}") from None
+        reason = (
+            str(err)
+            if isinstance(err, MinitronError)
+            else f"stopped by SIGTERM after step {trainer.global_step}"
+        )
+        raise MinitronError(f"{reason}{kept}") from None
 
 
 def quiet_lightning() -> None:
