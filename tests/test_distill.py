@@ -204,3 +204,22 @@ def test_a_nemotron_nas_student_stays_nemotron_nas(tmp_path):
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path / "out")).__name__ == (
         "DeciLMForCausalLM"
     )
+
+
+def test_fp8_on_cuda_compiles_the_student_layers_by_default():
+    from minitron.commands.distill import DistillConfig, compiles_layers, prepare_student
+    from minitron.config import parse_config
+
+    def config(**extra):
+        return parse_config(DistillConfig, {"teacher": "t", "student": "s"} | extra)
+
+    assert compiles_layers(config(precision="fp8"), on_cuda=True)
+    assert not compiles_layers(config(precision="fp8"), on_cuda=False)
+    assert not compiles_layers(config(), on_cuda=True)
+    assert compiles_layers(config(compile_layers=True), on_cuda=False)
+    assert not compiles_layers(config(precision="fp8", compile_layers=False), on_cuda=True)
+    student = tiny_llama()
+    names = list(student.state_dict())
+    prepare_student(student, config(compile_layers=True, accelerator="cpu"))
+    assert list(student.state_dict()) == names  # checkpoints and the export keep their names
+    assert all(layer._compiled_call_impl is not None for layer in student.model.layers)

@@ -67,6 +67,10 @@ class DistillConfig:
         devices: Devices per node: ``auto`` or a count.
         num_nodes: Nodes (torchrun or SLURM set the ranks).
         activation_checkpointing: Recompute decoder layers in the backward.
+        compile_layers: ``torch.compile`` each student decoder layer; ``None``
+            (default) turns it on for ``fp8`` on CUDA, where torchao's scaling
+            and casts run as separate kernels without it (measured on an H200:
+            fp8 was 0.75x bf16 uncompiled, 1.21x compiled).
         val_every: Held-out validation every N steps (also at the start and the end).
         checkpoint_every: Checkpoint every N steps (also at the end).
         keep_checkpoints: Newest checkpoints kept in the work folder.
@@ -91,6 +95,7 @@ class DistillConfig:
     devices: int | str = "auto"
     num_nodes: int = 1
     activation_checkpointing: bool = False
+    compile_layers: bool | None = None
     val_every: int = 50
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -189,7 +194,19 @@ def prepare_student(student: nn.Module, config: DistillConfig) -> nn.Module:
         )
     if config.precision == "fp8":
         convert_fp8(student)
+    if compiles_layers(config, on_cuda=torch.cuda.is_available() and config.accelerator != "cpu"):
+        from minitron.layers import decoder_layers
+
+        for layer in decoder_layers(student):
+            layer.compile()  # in place: parameter names, checkpoints and export unchanged
     return student
+
+
+def compiles_layers(config: DistillConfig, on_cuda: bool) -> bool:
+    """Whether the student's decoder layers are compiled (see ``compile_layers``)."""
+    if config.compile_layers is not None:
+        return config.compile_layers
+    return config.precision == "fp8" and on_cuda
 
 
 def strategy_for(config: DistillConfig, student: nn.Module) -> Any:
@@ -302,8 +319,6 @@ def run_distill(
     data = load_text_data(config.data, tokenizer)
     torch.manual_seed(config.seed)
     if config.teacher_correction.enabled:
-        from minitron.distill.correction import correct_teacher
-
         teacher = correct_teacher(config, teacher, data, work)
     prepare_student(student, config)
     options = dataclasses.replace(trainer_options(config), strategy=strategy_for(config, student))
@@ -343,3 +358,49 @@ def run_distill(
         "recipe": dataclasses.asdict(config),
     }
     return export_student(config, state, student, tokenizer, output, overwrite, dtype, record)
+
+
+def corrected_dir(work: Path) -> Path:
+    """Where the corrected teacher is saved."""
+    return work / "teacher-corrected"
+
+
+def correct_teacher(config: DistillConfig, teacher: nn.Module, data: Any, work: Path) -> nn.Module:
+    """Teacher correction (Minitron, arXiv 2408.11796): LM fine-tune of the teacher.
+
+    Fine-tunes ``teacher`` with LM loss on ``data.calibration`` (unless done before).
+
+    Trains a float32 copy with the distillation's batch layout; returns the
+    corrected teacher in the original teacher's dtype, frozen. The original
+    ``teacher`` is not changed. It is saved as ``<work>/teacher-corrected``;
+    an interrupted correction resumes from ``<work>/teacher-correction``.
+    """
+    from minitron.distill.run import build_trainer, fit, latest_checkpoint
+    from minitron.io import atomic_output_dir, load_model
+
+    folder = corrected_dir(work)
+    dtype = next(teacher.parameters()).dtype
+    if not (folder / "config.json").is_file():
+        step = config.teacher_correction
+        model = load_model(config.teacher, "float32", "cpu", config.trust_remote_code)[0].train()
+        lm_config = dataclasses.replace(
+            config,
+            max_steps=step.steps,
+            optim=dataclasses.replace(
+                config.optim, lr=step.lr, min_lr=step.lr / 10, warmup_steps=step.warmup_steps
+            ),
+            loss=LossConfig(objective="lm", chunk_tokens=config.loss.chunk_tokens),
+            precision="32" if config.precision == "fp8" else config.precision,
+        )
+        stage = work / "teacher-correction"
+        trainer = build_trainer(trainer_options(lm_config), stage)
+        module = build_module(
+            lm_config, None, model, data.calibration, data.heldout, trainer.world_size
+        )
+        fit(trainer, module, stage, resume=latest_checkpoint(stage) is not None)
+        if trainer.is_global_zero:
+            with atomic_output_dir(folder, overwrite=True) as tmp:
+                model.to(dtype).save_pretrained(tmp)
+        trainer.strategy.barrier()
+    corrected = type(teacher).from_pretrained(folder, dtype=dtype, use_safetensors=True)
+    return corrected.eval().requires_grad_(False)

@@ -163,6 +163,27 @@ class DistillModule(L.LightningModule):
             self._record_step()
         return loss
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global gradient norm; under FSDP through the sharded root.
+
+        Lightning's FSDP precision plugin refuses norm clipping because only the
+        FSDP root can compute the norm over every shard (found on an H200).
+        """
+        if gradient_clip_val is None:
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if isinstance(root, FullyShardedDataParallel):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def _record_step(self) -> None:
         """All ranks: reduce the step's mean loss, stop on NaN/inf, log and keep it."""
         mean = self.trainer.strategy.reduce(

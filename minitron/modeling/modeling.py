@@ -22,7 +22,6 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import (
     LlamaAttention,
     LlamaMLP,
@@ -260,7 +259,7 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = _keep_positions(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
@@ -274,3 +273,19 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+def _keep_positions(hidden: torch.Tensor, keep: int | torch.Tensor) -> torch.Tensor:
+    """The positions of ``hidden`` [B, T, H] whose logits are wanted.
+
+    ``keep`` is an int (the last ``keep`` positions; 0 keeps all, as ``generate``
+    passes 1), 1-D positions, or a 2-D bool mask / per-sample positions. Written
+    here because transformers' own helper is not in every 5.x release.
+    """
+    if isinstance(keep, torch.Tensor) and keep.ndim == 2:
+        if keep.dtype == torch.bool:
+            return hidden[keep]  # [N, H]
+        return torch.take_along_dim(hidden, keep[..., None], dim=1)
+    if isinstance(keep, int):
+        keep = slice(-keep, None)
+    return hidden[:, keep, :]
