@@ -31,7 +31,7 @@ test-fast: install
 # The Minitron pipeline on the embedded model, offline: score blocks by LM loss,
 # drop the least important block (30 -> 20 layers), distill the parent into it,
 # evaluate and benchmark parent / pruned / distilled, and report them side by
-# side (runs/demo-report/report.md and PNGs). About 15 minutes on 2 CPU cores.
+# side (runs/demo-report/report.md and PNGs). About 20 minutes on 2 CPU cores.
 DEMO := runs/demo
 demo: install
 	$(BIN)/minitron importance smollm2-135m --metric loss --block-size 10 --samples 8 \
