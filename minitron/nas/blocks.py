@@ -39,32 +39,37 @@ def set_block(model: nn.Module, layer: int, block: BlockConfig) -> None:
 
 def set_attention(model: nn.Module, layer: int, module: nn.Module | None, **changes) -> None:
     """Swap the attention sub-block of ``layer`` (None = no_op: norm removed too), in place."""
-    block = model.config.block_configs[layer]
-    attention = replace(block.attention, **changes)
-    set_block(model, layer, replace(block, attention=attention))
-    target = model.model.layers[layer]
-    target.attention_kind = attention.kind
-    if module is None:
-        for name in ("self_attn", "input_layernorm"):
-            if hasattr(target, name):
-                delattr(target, name)
-    else:
-        target.self_attn = module
+    _set_sub_block(model, layer, "attention", module, changes)
 
 
 def set_ffn(model: nn.Module, layer: int, module: nn.Module | None, **changes) -> None:
     """Swap the FFN sub-block of ``layer`` (None = no_op: norm removed too), in place."""
+    _set_sub_block(model, layer, "ffn", module, changes)
+
+
+# block-config field -> (layer's kind attribute, module attribute, norm attribute)
+_SUB_BLOCKS = {
+    "attention": ("attention_kind", "self_attn", "input_layernorm"),
+    "ffn": ("ffn_kind", "mlp", "post_attention_layernorm"),
+}
+
+
+def _set_sub_block(
+    model: nn.Module, layer: int, part: str, module: nn.Module | None, changes: dict
+) -> None:
+    """Record ``changes`` to ``part`` of ``layer``'s block config and swap in ``module``."""
+    kind_attr, module_attr, norm_attr = _SUB_BLOCKS[part]
     block = model.config.block_configs[layer]
-    ffn = replace(block.ffn, **changes)
-    set_block(model, layer, replace(block, ffn=ffn))
+    config = replace(getattr(block, part), **changes)
+    set_block(model, layer, replace(block, **{part: config}))
     target = model.model.layers[layer]
-    target.ffn_kind = ffn.kind
+    setattr(target, kind_attr, config.kind)
     if module is None:
-        for name in ("mlp", "post_attention_layernorm"):
+        for name in (module_attr, norm_attr):
             if hasattr(target, name):
                 delattr(target, name)
     else:
-        target.mlp = module
+        setattr(target, module_attr, module)
 
 
 def like(module: nn.Module, reference: torch.Tensor) -> nn.Module:
