@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from minitron.errors import MinitronError
+from minitron.modeling.cache_api import cache_kwargs, output_cache
 
 BF16_BYTES = 2
 
@@ -168,9 +169,8 @@ def decode_tokens_per_s(
             for _ in range(gen_len):
                 out = state["out"]
                 next_ids = out.logits[:, -1:].argmax(-1)  # [B, 1]
-                state["out"] = forward(
-                    input_ids=next_ids, past_key_values=out.past_key_values, use_cache=True
-                )
+                cache = cache_kwargs(output_cache(out))
+                state["out"] = forward(input_ids=next_ids, use_cache=True, **cache)
 
         return generate
 

@@ -11,6 +11,7 @@ import torch
 from minitron import bench
 from minitron.commands.bench import BenchConfig, add_speedups, run_bench, timing_skip_reason
 from minitron.errors import MinitronError
+from minitron.modeling.cache_api import CACHE_KWARG
 from tests.conftest import tiny_config, tiny_llama
 from tests.test_cli import ROOT, assert_user_error, minitron
 
@@ -135,9 +136,9 @@ def test_decode_prefills_then_steps_one_token_with_the_cache():
     calls = []
     original = model.forward
 
-    def spy(input_ids=None, past_key_values=None, **kwargs):
-        calls.append((tuple(input_ids.shape), past_key_values is not None))
-        return original(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+    def spy(input_ids=None, **kwargs):  # the cache under the installed release's name
+        calls.append((tuple(input_ids.shape), kwargs.get(CACHE_KWARG) is not None))
+        return original(input_ids=input_ids, **kwargs)
 
     model.forward = spy
     rate = bench.decode_tokens_per_s(model, 3, 5, gen_len=4, repeats=2, warmup=1)

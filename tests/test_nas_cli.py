@@ -126,10 +126,15 @@ def test_embedded_nas_recipe_end_to_end(tmp_path):
         model = AutoModelForCausalLM.from_pretrained({str(out)!r}).eval()
         tokenizer = AutoTokenizer.from_pretrained({str(out)!r})
         held = load_text_data(DataConfig(samples=4, heldout=2, seq_len=128), tokenizer).heldout
+        prompt = tokenizer("def parse(text):", return_tensors="pt").input_ids
+        kw = dict(max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
         with torch.no_grad():
             loss = model(input_ids=held, labels=held).loss
+            cached = model.generate(prompt, use_cache=True, **kw)[0].tolist()
+            uncached = model.generate(prompt, use_cache=False, **kw)[0].tolist()
         print(json.dumps({{"cls": type(model).__name__, "dtype": str(model.dtype),
-                          "ppl": math.exp(float(loss))}}))
+                          "ppl": math.exp(float(loss)), "cached": cached,
+                          "uncached": uncached, "prompt": prompt.shape[1]}}))
         """
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -139,3 +144,6 @@ def test_embedded_nas_recipe_end_to_end(tmp_path):
     assert loaded["cls"] == "DeciLMForCausalLM" and loaded["dtype"] == "torch.float32"
     assert math.isfinite(loaded["ppl"])
     assert loaded["ppl"] == pytest.approx(record["perplexity_after"], rel=1e-4)
+    # Cached generation (what lm-eval's generate_until tasks run) = uncached.
+    assert len(loaded["cached"]) == loaded["prompt"] + 24
+    assert loaded["cached"] == loaded["uncached"]

@@ -21,6 +21,7 @@ from minitron.modeling import (
     llama_to_nas,
     nas_config_from_llama,
 )
+from minitron.modeling.cache_api import cache_kwargs, output_cache
 from minitron.nas import layer_parameters, plan_edits, target_config
 from tests.nas_helpers import (
     MIXED,
@@ -231,9 +232,9 @@ def test_generate_with_cache_equals_without_on_every_block_kind():
         # Token by token through the cache, the logits equal one full forward.
         full = model(cached).logits
         out = model(cached[:, :6], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
+        steps, cache = [out.logits], output_cache(out)
         for t in range(6, cached.shape[1]):
-            out = model(cached[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(cached[:, t : t + 1], use_cache=True, **cache_kwargs(cache))
             steps.append(out.logits)
     assert torch.equal(cached, uncached)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4)
@@ -244,6 +245,58 @@ def test_generate_with_cache_equals_without_on_every_block_kind():
         + ["DynamicLayer"] * 2
     )
     assert cache.layers[1].keys.shape[1] == 4 and cache.layers[5].keys.shape[1] == 8
+
+
+def test_generate_reads_the_cache_it_is_given():
+    """generate() hands the model its cache; each step after the prompt is one token.
+
+    Under transformers 5.24 the cache comes as ``cache=``; a model reading only
+    ``past_key_values`` then got a fresh empty cache each step.
+    """
+    model = tiny_nas()
+    prompt = token_batches(1, batch=2, seq_len=6)[0]
+    seen, original = [], model.model.forward
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append(output_cache(out).get_seq_length())
+        return out
+
+    model.model.forward = spy
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=1)
+    assert seen == [6, 7, 8, 9, 10]
+
+
+def test_nas_converted_from_llama_generates_what_the_llama_generates():
+    llama = tiny_nas_llama(num_layers=3)
+    nas = llama_to_nas(llama)
+    prompt = token_batches(1, batch=2, seq_len=5)[0]
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=1)
+    with torch.no_grad():
+        for use_cache in (True, False):
+            expected = llama.generate(prompt, use_cache=use_cache, **kwargs)
+            got = nas.generate(prompt, use_cache=use_cache, **kwargs)
+            assert torch.equal(got, expected), f"use_cache={use_cache}"
+        # The scores too, step by step: not just the same argmax.
+        run = dict(use_cache=True, output_logits=True, return_dict_in_generate=True, **kwargs)
+        ref, out = llama.generate(prompt, **run), nas.generate(prompt, **run)
+    for a, b in zip(ref.logits, out.logits, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_cache_is_taken_under_either_name_but_not_both():
+    model = tiny_nas()
+    ids = token_batches(1, batch=1, seq_len=8)[0]
+    with torch.no_grad():
+        full = model(ids).logits[:, -1]
+        for name in ("cache", "past_key_values"):
+            cache = output_cache(model(ids[:, :7], use_cache=True))
+            step = model(ids[:, 7:], use_cache=True, **{name: cache}).logits[:, -1]
+            assert torch.allclose(step, full, atol=1e-5), name
+        cache = output_cache(model(ids[:, :7], use_cache=True))
+        with pytest.raises(ValueError, match="not both"):
+            model.model(ids[:, 7:], cache=cache, past_key_values=cache)
 
 
 def test_save_and_from_pretrained_round_trip(tmp_path):

@@ -28,7 +28,7 @@ class DeciLMConfig(PreTrainedConfig):
     """
 
     model_type = "nemotron-nas"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # 5.24 / 5.23 names
 
     vocab_size: int = 32000
     hidden_size: int = 4096

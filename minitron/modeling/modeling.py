@@ -31,6 +31,13 @@ from transformers.models.llama.modeling_llama import (
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from minitron.modeling.cache_api import (
+    CACHE_KWARG,
+    OUTPUT_FIELD,
+    cache_kwargs,
+    output_cache,
+    pick_cache,
+)
 from minitron.modeling.configuration import DeciLMConfig
 
 
@@ -121,9 +128,10 @@ class DeciLMDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         if self.attention_kind == "attention":
@@ -131,9 +139,9 @@ class DeciLMDecoderLayer(GradientCheckpointingLayer):
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **cache_kwargs(pick_cache(cache, past_key_values)),
                 **kwargs,
             )
             hidden_states = hidden_states + attn
@@ -150,7 +158,7 @@ class DeciLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DeciLMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -181,22 +189,30 @@ class DeciLMModel(DeciLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Hidden states of ``input_ids`` [B, T] (or ``inputs_embeds`` [B, T, H]).
+
+        The KV cache comes as ``cache`` (transformers >= 5.24's name, which its
+        ``generate`` passes) or ``past_key_values`` (the earlier name); it is
+        returned in the output field of the installed release.
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        cache = pick_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         has_attention = any(b.attention.has_heads for b in self.config.block_configs)
         if not has_attention:  # nothing to cache, no positions or mask needed
-            past_key_values = None
-        elif use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+            cache = None
+        elif use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + seen
             position_ids = position_ids.unsqueeze(0)
         causal_mask = None
@@ -205,8 +221,8 @@ class DeciLMModel(DeciLMPreTrainedModel):
                 config=self.config,
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
                 position_ids=position_ids,
+                **cache_kwargs(cache),
             )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -216,14 +232,12 @@ class DeciLMModel(DeciLMPreTrainedModel):
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{OUTPUT_FIELD: cache})
 
 
 class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
@@ -243,18 +257,20 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """Logits (and loss with ``labels``); the cache as in ``DeciLMModel.forward``."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -269,7 +285,7 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{OUTPUT_FIELD: output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
