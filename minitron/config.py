@@ -115,12 +115,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 errors.append(str(err))
         raise MinitronError(errors[0] if len(errors) == 1 else f"{key}: bad value {value!r}")
     if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise MinitronError(
-                f"{key} must be one of {', '.join(map(str, choices))} (got {value!r})"
-            )
-        return value
+        return pick_choice(key, value, get_args(hint))
     if origin is list:
         if not isinstance(value, list):
             raise MinitronError(f"{key} must be a list (got {value!r})")
@@ -135,6 +130,38 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise MinitronError(f"{key} must be {hint.__name__} (got {value!r})")
     return value
+
+
+def pick_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``, else a one-line error that names them.
+
+    YAML reads ``32`` as an int and ``1.0`` as a float: a number whose text is one
+    of the (string) choices is taken as that string, so ``--set precision=32``
+    means ``"32"``. When the value's type is the problem the error says so.
+    """
+    if any(value == c and type(value) is type(c) for c in choices):
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and str(value) in choices:
+        return str(value)
+    raise choice_error(key, value, choices)
+
+
+def choice_error(key: str, value: Any, choices: Sequence[Any]) -> MinitronError:
+    """``key must be one of a, b (got 'x')``, with the value's type where it differs."""
+    got = repr(value)
+    kinds = {type(c) for c in choices}
+    if type(value) not in kinds:
+        wanted = " or ".join(sorted(_TYPE_WORDS.get(k, k.__name__) for k in kinds))
+        got += f", {_TYPE_WORDS.get(type(value), 'a ' + type(value).__name__)} where {wanted}"
+        got += " is expected"
+    return MinitronError(f"{key} must be one of {', '.join(map(str, choices))} (got {got})")
+
+
+_TYPE_WORDS = {
+    str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+    list: "a list", dict: "a mapping", type(None): "null",
+}  # fmt: skip
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

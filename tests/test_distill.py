@@ -14,6 +14,7 @@ from minitron.config import parse_config
 from minitron.distill.data import Layout, SeededOrder, StepBatches
 from minitron.distill.settings import lr_factor
 from minitron.errors import MinitronError
+from minitron.hardware import cpu_bf16_native
 from tests.conftest import char_tokenizer, save_tiny_checkpoint, tiny_llama
 
 
@@ -118,14 +119,18 @@ def test_a_run_writes_an_hf_student_with_its_record(tmp_path, pair):
     assert list((work / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_lm_objective_teacher_correction_bf16_and_checkpointing(tmp_path, pair):
+def test_lm_objective_teacher_correction_auto_precision_and_checkpointing(tmp_path, pair, capsys):
+    """precision: auto is bf16-mixed where this CPU has native bf16, else 32."""
     teacher, student = pair
     config = recipe(
         teacher, student, loss={"objective": "lm"}, max_steps=2,
-        precision="bf16-mixed", activation_checkpointing=True,
+        precision="auto", activation_checkpointing=True,
         teacher_correction={"enabled": True, "steps": 2, "lr": 1e-3, "warmup_steps": 1},
     )  # fmt: skip
     record = run_distill(config, tmp_path / "out")
+    expected = "bf16-mixed" if cpu_bf16_native()[0] else "32"
+    assert record["precision"] == expected and record["recipe"]["precision"] == "auto"
+    assert f"precision: {expected} (auto: " in capsys.readouterr().err
     corrected = work_dir(tmp_path / "out") / "teacher-corrected"
     assert (corrected / "config.json").is_file()
     before = LlamaForCausalLM.from_pretrained(teacher).model.layers[0].mlp.up_proj.weight

@@ -139,3 +139,37 @@ def test_cli_errors_are_one_line(tmp_path, models):
     bad.write_text(recipe.read_text().replace(str(models[1]), str(mismatch)))
     assert_user_error(minitron("distill", bad, "--output", tmp_path / "o2"), "tokenizers differ")
     assert not (tmp_path / "o2").exists() and not work_dir(tmp_path / "o2").exists()
+
+
+def test_demo_recipe_on_a_cpu_without_native_bf16_runs_in_fp32(tmp_path, models):
+    """The shipped demo recipe (precision: auto) where bf16 would be emulated.
+
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` makes oneDNN dispatch as on an AVX2-only CPU (and
+    minitron detects it so), on any machine. The run records ``precision: "32"``,
+    exactly the run that ``--set precision=32`` gives: same Lightning precision,
+    same losses, so no slower (benchmarks/cpu_precision.py times the real pair).
+    """
+    demo = ROOT / "recipes/smollm2-135m/distill.yaml"
+    tiny = [f"teacher={models[0]}", f"student={models[1]}", "max_steps=2", "val_every=2",
+            "checkpoint_every=2", "data.samples=8", "data.heldout=2", "data.seq_len=32",
+            "data.batch_size=2", "accelerator=cpu"]  # fmt: skip
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    runs = {}
+    for name, extra in (("auto", []), ("fp32", ["--set", "precision=32"])):
+        done = subprocess.run(
+            [str(MINITRON), "distill", demo, *sets, *extra, "--output", tmp_path / name],
+            cwd=ROOT, env=env | ONE_THREAD, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = (result(tmp_path / name)[0], done.stderr)
+    (auto, said), (fp32, said32) = runs["auto"], runs["fp32"]
+    assert auto["recipe"]["precision"] == "auto" and fp32["recipe"]["precision"] == "32"
+    assert auto["precision"] == fp32["precision"] == "32"
+    assert (
+        "precision: 32 (auto: ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below its bf16)" in said
+        or "precision: 32 (auto: this CPU has no AVX512-BF16 or AMX" in said
+    )
+    assert "precision: 32 (as the recipe sets it)" in said32
+    losses = [[r["train_loss"] for r in run["history"]] for run in (auto, fp32)]
+    assert losses[0] == losses[1]

@@ -18,7 +18,12 @@ from torch import nn
 
 from minitron.config import DataConfig, Dtype
 from minitron.distill.data import Layout, passes_needed
-from minitron.distill.precision import Precision, convert_fp8, trainer_precision
+from minitron.distill.precision import (
+    Precision,
+    convert_fp8,
+    resolve_precision,
+    trainer_precision,
+)
 from minitron.distill.settings import LossConfig, OptimConfig
 from minitron.errors import MinitronError
 from minitron.io import check_output_dir, load_config, resolve_model
@@ -60,7 +65,9 @@ class DistillConfig:
         seed: Seed of the training order (and of torch's RNG).
         optim: AdamW and the warmup + cosine schedule.
         loss: KD objective (forward KL at ``temperature``; optional LM weight, top-k).
-        precision: ``bf16-mixed`` (default), ``32`` or ``fp8`` (torchao, student Linears).
+        precision: ``auto`` (default: ``bf16-mixed`` where bf16 is native, on CUDA
+            with bf16 tensor cores or a CPU with AVX512-BF16 / AMX, else ``32``),
+            ``bf16-mixed``, ``32`` or ``fp8`` (torchao, student Linears).
         teacher_dtype: dtype the frozen teacher is held in (``auto``: bf16 on CUDA, fp32 on CPU).
         strategy: ``auto``, ``ddp`` or ``fsdp`` (student sharded by decoder layer).
         accelerator: ``auto``, ``cpu`` or ``gpu``.
@@ -88,7 +95,7 @@ class DistillConfig:
     seed: int = 0
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    precision: Precision = "bf16-mixed"
+    precision: Precision = "auto"
     teacher_dtype: Dtype = "auto"
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -194,7 +201,7 @@ def prepare_student(student: nn.Module, config: DistillConfig) -> nn.Module:
         )
     if config.precision == "fp8":
         convert_fp8(student)
-    if compiles_layers(config, on_cuda=torch.cuda.is_available() and config.accelerator != "cpu"):
+    if compiles_layers(config, on_cuda=trains_on_cuda(config)):
         from minitron.layers import decoder_layers
 
         for layer in decoder_layers(student):
@@ -243,15 +250,33 @@ def build_module(
     )  # fmt: skip
 
 
+def trains_on_cuda(config: DistillConfig) -> bool:
+    """Whether the run trains on CUDA."""
+    return config.accelerator != "cpu" and torch.cuda.is_available()
+
+
+def with_precision(config: DistillConfig) -> tuple[DistillConfig, str]:
+    """``config`` with ``precision: auto`` resolved for this machine, and why."""
+    precision, reason = resolve_precision(config.precision, trains_on_cuda(config))
+    if precision == "bf16-mixed" and not trains_on_cuda(config):
+        from minitron.hardware import cpu_bf16_native
+
+        native, why = cpu_bf16_native()
+        if not native:
+            reason += f"; {why} (precision: 32 is several times faster here)"
+    return dataclasses.replace(config, precision=precision), reason
+
+
 def trainer_options(config: DistillConfig, max_steps: int | None = None) -> Any:
-    """The ``TrainerOptions`` of a recipe."""
+    """The ``TrainerOptions`` of a recipe (``precision: auto`` resolved by ``with_precision``)."""
     from minitron.distill.run import TrainerOptions
 
-    on_cuda = config.accelerator != "cpu" and torch.cuda.is_available()
+    if config.precision == "auto":
+        config = with_precision(config)[0]
     return TrainerOptions(
         max_steps=max_steps or config.max_steps,
         accumulation=config.grad_accum,
-        precision=trainer_precision(config.precision, on_cuda),
+        precision=trainer_precision(config.precision, trains_on_cuda(config)),
         strategy=config.strategy,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -282,9 +307,7 @@ def load_pair(config: DistillConfig) -> tuple[nn.Module, nn.Module, Any]:
 
     teacher_dtype = config.teacher_dtype
     if teacher_dtype == "auto":
-        teacher_dtype = (
-            "bfloat16" if config.accelerator != "cpu" and torch.cuda.is_available() else "float32"
-        )
+        teacher_dtype = "bfloat16" if trains_on_cuda(config) else "float32"
     teacher, teacher_tok = load_model(
         config.teacher, teacher_dtype, "cpu", config.trust_remote_code
     )
@@ -314,6 +337,12 @@ def run_distill(
 
     output = Path(output).expanduser()
     work = check_inputs(config, output, overwrite, resume)
+    recipe = dataclasses.asdict(config)
+    config, precision_reason = with_precision(config)
+    if is_primary():
+        from minitron.progress import console
+
+        console.print(f"precision: {config.precision} ({precision_reason})", highlight=False)
     teacher, student, tokenizer = load_pair(config)
     dtype = saved_dtype(student, config.student)
     data = load_text_data(config.data, tokenizer)
@@ -355,7 +384,9 @@ def run_distill(
         "teacher_val": module.teacher_val,
         "history": module.history,
         "val_history": module.val_history,
-        "recipe": dataclasses.asdict(config),
+        "precision": config.precision,
+        "precision_reason": precision_reason,
+        "recipe": recipe,
     }
     return export_student(config, state, student, tokenizer, output, overwrite, dtype, record)
 

@@ -16,15 +16,42 @@ from torch import nn
 
 from minitron.errors import MinitronError
 
-Precision = Literal["bf16-mixed", "32", "fp8"]
+Precision = Literal["auto", "bf16-mixed", "32", "fp8"]
+
+
+def resolve_precision(
+    precision: Precision, on_cuda: bool, bf16_native: tuple[bool, str] | None = None
+) -> tuple[str, str]:
+    """The precision a run uses for a recipe's ``precision``, and why (one phrase).
+
+    ``auto`` is ``bf16-mixed`` where bf16 is native (CUDA with bf16 tensor cores, a
+    CPU with AVX512-BF16 / AMX) and ``32`` elsewhere: emulated bf16 is many times
+    slower than fp32. Any other value is used as given.
+
+    Args:
+        precision: The recipe's value.
+        on_cuda: Whether the run trains on CUDA.
+        bf16_native: ``(native, reason)``; default: this machine's, from
+            ``minitron.hardware``.
+    """
+    if precision != "auto":
+        return precision, "as the recipe sets it"
+    if bf16_native is None:
+        from minitron.hardware import cpu_bf16_native, cuda_bf16_native
+
+        bf16_native = cuda_bf16_native() if on_cuda else cpu_bf16_native()
+    native, reason = bf16_native
+    return ("bf16-mixed" if native else "32"), f"auto: {reason}"
 
 
 def trainer_precision(precision: Precision, on_cuda: bool) -> str:
-    """Lightning's ``precision`` argument for a recipe's ``precision``.
+    """Lightning's ``precision`` argument for a run's (resolved) ``precision``.
 
     ``fp8`` runs the remaining (non-fp8) ops in bf16 autocast on CUDA and in
     fp32 on CPU, where fp8 itself is emulated (the CPU path exists for tests).
     """
+    if precision == "auto":
+        raise ValueError("resolve precision 'auto' first (resolve_precision)")
     if precision == "32":
         return "32-true"
     if precision == "fp8":
