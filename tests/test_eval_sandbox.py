@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import struct
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,8 @@ import pytest
 from minitron.errors import MinitronError
 from minitron.eval import isolation
 from minitron.eval.code import Limits, allow_code_execution, run_program
+from tests.conftest import save_tiny_checkpoint
+from tests.test_cli import MINITRON, assert_user_error
 
 PROBLEM = isolation.sandbox_problem()
 needs_sandbox = pytest.mark.skipif(
@@ -330,3 +334,41 @@ def test_the_probe_reports_why_namespaces_cannot_be_made(monkeypatch, tmp_path):
         assert isolation.sandbox_problem() == "unshare: No space left on device"
     finally:
         isolation.sandbox_problem.cache_clear()
+
+
+def _minitron_without_namespaces(*args):
+    """``minitron ARGS`` where no user namespace can be made: this system, or else inside
+    a user namespace that allows none below it (``max_user_namespaces`` 0)."""
+    command = [str(MINITRON), *map(str, args)]
+    if PROBLEM is None:
+        if shutil.which("unshare") is None:
+            pytest.skip("needs util-linux unshare to take user namespaces away")
+        script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+        command = ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh", *command]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def test_cli_refuses_code_tasks_in_one_line_without_a_sandbox_unless_told(tmp_path):
+    tiny = save_tiny_checkpoint(tmp_path / "tiny")
+    out = tmp_path / "out"
+    fixtures = Path(__file__).parent / "fixtures" / "eval_tasks"
+    args = ["eval", tiny, "--tasks", "tiny_code", "--include-path", fixtures, "--limit", 1]
+    args += ["--output", out, "--allow-code-execution"]
+    refused = _minitron_without_namespaces(*args)
+    assert_user_error(refused, "this system cannot create one (unshare: ")
+    assert isolation.UNSAFE_FLAG in refused.stderr
+    assert not out.exists()
+    unsafe = _minitron_without_namespaces(*args, "--unsafe-code-execution-without-sandbox")
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert "this system cannot make the OS sandbox" in " ".join(unsafe.stderr.split())
+    assert (out / "results.json").exists()
+
+
+def test_cli_unsafe_flag_alone_is_one_line_and_exit_code_2(tmp_path):
+    unsafe_alone = subprocess.run(
+        [MINITRON, "eval", "--tasks", "tiny_code", isolation.UNSAFE_FLAG, "--output",
+         tmp_path / "out"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert_user_error(unsafe_alone, f"{isolation.UNSAFE_FLAG} needs --allow-code-execution")
+    assert not (tmp_path / "out").exists()
