@@ -145,7 +145,7 @@ def test_setsid_children_are_gone_when_run_program_returns(held, ending):
         "    time.sleep(60)\n"
         "spawn([sys.executable], setsid=True, preexec=hold, keep=(ready_w,))\n"
         "assert os.read(ready_r, 1) == b'x'\n"
-        "time.sleep(0.5)  # for the test to see the child from outside\n"
+        "time.sleep(1)  # for the test to see the child from outside\n"
     )
     if ending == "killed at the time limit":
         program += "time.sleep(60)\n"
@@ -221,9 +221,6 @@ while "BLOCKED_EVENTS" not in frame.f_globals:
 frame.f_globals["BLOCKED_EVENTS"].clear()
 frame.f_globals["PATH_EVENTS"].clear()
 frame.f_globals["_inside"] = lambda path, root: True
-while "_libc" not in frame.f_globals:
-    frame = frame.f_back
-libc, ctypes = frame.f_globals["_libc"], frame.f_globals["ctypes"]
 
 def refused(call, code):
     try:
@@ -231,12 +228,15 @@ def refused(call, code):
     except OSError as err:
         assert err.errno == code, err
     else:
-        assert result == -1 and ctypes.get_errno() == code, (result, ctypes.get_errno())
+        assert result == -1 and ctypes.get_errno() == code, result
 
 refused(lambda: open({str(tmp_path / "escaped.txt")!r}, "w"), errno.EROFS)
 refused(lambda: socket.socket(socket.AF_UNIX), errno.EPERM)  # seccomp
 refused(lambda: socket.socket(socket.AF_INET), errno.EPERM)
 refused(lambda: os.execv("/bin/sh", ["sh"]), errno.EPERM)
+while "_libc" not in frame.f_globals:
+    frame = frame.f_back
+libc, ctypes = frame.f_globals["_libc"], frame.f_globals["ctypes"]
 refused(lambda: libc.sethostname(b"escaped", 7), errno.EPERM)  # no capabilities
 refused(lambda: libc.mount(b"none", b".", b"tmpfs", 0, None), errno.EPERM)
 refused(lambda: libc.unshare(0x10000000), errno.ENOSPC)  # no new user namespace
