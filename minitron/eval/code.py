@@ -7,7 +7,8 @@ that the kernel contains (``minitron/eval/_jail.py``):
 
 - its own user, mount, PID, network, IPC and UTS namespaces;
 - every mount read-only except a 64 MiB tmpfs working folder (its ``HOME`` and
-  ``TMPDIR``); no new user namespaces; no capabilities; ``execve`` blocked by seccomp;
+  ``TMPDIR``); no new user namespaces; no capabilities; seccomp refuses ``execve``
+  and sockets;
 - rlimits: processes, address space, CPU seconds, file size, no core dumps;
 - at the time limit its whole PID namespace is killed, children included;
 - and, as defense in depth, an audit hook (``_sandbox.py``) that refuses writes
