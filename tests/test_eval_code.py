@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -107,10 +108,13 @@ def _accept(server: socket.socket, accepted: list) -> None:
         accepted.append(server.accept())
 
 
-def test_sandbox_runner_is_stdlib_only():
-    source = (Path(__file__).parents[1] / "minitron/eval/_sandbox.py").read_text()
-    imports = {line.split()[1] for line in source.splitlines() if line.startswith("import ")}
-    assert imports <= {"os", "resource", "sys"}
+@pytest.mark.parametrize("script", ["_sandbox.py", "_jail.py"])
+def test_sandbox_scripts_are_stdlib_only(script):
+    """They run in ``python -I -S``: no site-packages, and no minitron either."""
+    source = (Path(__file__).parents[1] / "minitron/eval" / script).read_text()
+    lines = [line.split() for line in source.splitlines()]
+    imports = {words[1].split(".")[0] for words in lines if words[:1] in (["import"], ["from"])}
+    assert imports and imports <= sys.stdlib_module_names, imports - sys.stdlib_module_names
 
 
 def test_lm_eval_code_tasks_get_the_sandboxed_scorer():

@@ -41,6 +41,13 @@ def eval_command(
     allow_code_execution: Annotated[
         bool, typer.Option(help="Run generated programs of code tasks (sandboxed).")
     ] = False,
+    unsafe_code_execution_without_sandbox: Annotated[
+        bool,
+        typer.Option(
+            help="Where the OS sandbox cannot be made, run them anyway, limited only by "
+            "rlimits and an audit hook (see docs/eval.md)."
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 1,
     ppl_data: Annotated[
         str, typer.Option(help="Perplexity text: stdlib | file or folder | Hub dataset id.")
@@ -68,7 +75,9 @@ def eval_command(
         {
             "models": specs, "tasks": names, "preset": preset, "limit": limit,
             "include_path": [str(p) for p in include_path or []],
-            "allow_code_execution": allow_code_execution, "batch_size": batch_size,
+            "allow_code_execution": allow_code_execution,
+            "unsafe_code_execution_without_sandbox": unsafe_code_execution_without_sandbox,
+            "batch_size": batch_size,
             "dtype": dtype, "device": device, "trust_remote_code": trust_remote_code,
             "perplexity": {
                 "source": ppl_data, "subset": ppl_subset, "split": ppl_split,

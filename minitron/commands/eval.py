@@ -14,10 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from minitron import __version__
 from minitron.config import DataConfig, Device, Dtype, config_to_dict
 from minitron.data import iter_documents
 from minitron.errors import MinitronError
+from minitron.eval import isolation
 from minitron.eval.harness import TaskSet
 from minitron.eval.perplexity import sliding_perplexity
 from minitron.eval.presets import Preset, get_preset
@@ -27,9 +30,14 @@ from minitron.prune import count_parameters
 
 PERPLEXITY_TASK = "perplexity"
 CODE_WARNING = (
-    "warning: --allow-code-execution runs programs the model wrote on this machine, in a "
-    "sandbox that limits time, memory, files and network but is not a security boundary "
-    "(see docs/eval.md)"
+    "warning: --allow-code-execution runs programs the model wrote on this machine, each in "
+    "its own user, mount, PID and network namespaces with a read-only filesystem; a kernel "
+    "bug could still let one out (see docs/eval.md)"
+)
+UNSAFE_WARNING = (
+    "warning: --unsafe-code-execution-without-sandbox: this system cannot make the OS sandbox "
+    "({problem}), so programs the model wrote run as you, limited only by rlimits and an "
+    "audit hook that native code gets around (see docs/eval.md)"
 )
 
 
@@ -76,6 +84,9 @@ class EvalConfig:
         limit: Documents per task (for quick checks; scores are then not the card's).
         include_path: Extra folders of task YAMLs.
         allow_code_execution: Let code tasks run generated programs (sandboxed).
+        unsafe_code_execution_without_sandbox: Where the OS sandbox cannot be made, run
+            them anyway, with only rlimits and an audit hook (needs
+            ``allow_code_execution``).
         batch_size: lm-eval batch size.
         perplexity: Perplexity settings (used when ``perplexity`` is among the tasks).
         dtype: Compute dtype; ``auto`` is bfloat16 on CUDA, float32 on CPU.
@@ -89,6 +100,7 @@ class EvalConfig:
     limit: int | None = None
     include_path: list[str] = dataclasses.field(default_factory=list)
     allow_code_execution: bool = False
+    unsafe_code_execution_without_sandbox: bool = False
     batch_size: int = 1
     perplexity: PerplexityConfig = dataclasses.field(default_factory=PerplexityConfig)
     dtype: Dtype = "auto"
@@ -100,6 +112,10 @@ class EvalConfig:
             raise MinitronError("no model given")
         if self.limit is not None and self.limit < 1:
             raise MinitronError(f"limit must be at least 1 (got {self.limit})")
+        if self.unsafe_code_execution_without_sandbox and not self.allow_code_execution:
+            raise MinitronError(
+                "--unsafe-code-execution-without-sandbox needs --allow-code-execution"
+            )
         if self.batch_size < 1:
             raise MinitronError(f"batch_size must be at least 1 (got {self.batch_size})")
         if not self.tasks and self.preset is None:
@@ -118,6 +134,14 @@ class EvalConfig:
         return PERPLEXITY_TASK in self.tasks
 
 
+def code_warning(unsafe: bool) -> str:
+    """The warning ``--allow-code-execution`` prints: how programs will be run here."""
+    problem = isolation.sandbox_problem() if unsafe else None
+    if problem is None:
+        return f"[bold yellow]{CODE_WARNING}[/]"
+    return f"[bold red]{escape(UNSAFE_WARNING.format(problem=problem))}[/]"
+
+
 def build_task_set(config: EvalConfig) -> TaskSet | None:
     """The lm-eval tasks of ``config``, loaded once (None when only perplexity is asked)."""
     names = config.lm_eval_tasks
@@ -126,7 +150,10 @@ def build_task_set(config: EvalConfig) -> TaskSet | None:
     preset = get_preset(config.preset) if config.preset else None
     shots = {t.task: t.num_fewshot for t in preset.tasks} if preset else {}
     metrics = {t.task: t.metric for t in preset.tasks} if preset else {}
-    return TaskSet(names, config.include_path, shots, metrics, config.allow_code_execution)
+    return TaskSet(
+        names, config.include_path, shots, metrics, config.allow_code_execution,
+        config.unsafe_code_execution_without_sandbox,
+    )  # fmt: skip
 
 
 def run_eval(config: EvalConfig, output: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -141,9 +168,9 @@ def run_eval(config: EvalConfig, output: str | Path, overwrite: bool = False) ->
     output = check_output_dir(output, overwrite)
     for spec in config.models:
         resolve_model(spec)
+    task_set = build_task_set(config)  # refuses code tasks that cannot be run here
     if config.allow_code_execution:
-        console.print(f"[bold yellow]{CODE_WARNING}[/]", soft_wrap=True)
-    task_set = build_task_set(config)
+        console.print(code_warning(config.unsafe_code_execution_without_sandbox), soft_wrap=True)
     preset = get_preset(config.preset) if config.preset else None
     rows, samples = [], []
     for spec in config.models:

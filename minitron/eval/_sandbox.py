@@ -1,7 +1,8 @@
 """Run one untrusted program inside the sandbox (started by ``minitron.eval.code``).
 
-Usage: ``python -I -S -B _sandbox.py MEMORY_BYTES CPU_SECONDS`` with the working
-folder holding ``program.py``. Only the standard library is used, so the
+Usage: ``python -I -S -B _sandbox.py MEMORY_BYTES CPU_SECONDS PROCESSES`` with the
+working folder holding ``program.py``; ``_jail.py`` calls ``run`` the same way once
+the program is contained. Only the standard library is used, so the
 interpreter can run isolated (``-I -S``): no site-packages, no user paths.
 
 Before the program runs this sets resource limits and installs an audit hook
@@ -87,18 +88,26 @@ def _make_guard(root):
     return guard
 
 
-def main():
-    memory, cpu = int(sys.argv[1]), int(sys.argv[2])
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+def run(memory, cpu, processes):
+    """Set the rlimits, install the audit hook, run ``program.py`` of the working folder."""
+    resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 2**20, 16 * 2**20))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     root = os.path.realpath(os.getcwd())
     with open("program.py", encoding="utf-8") as handle:
         source = handle.read()
     code = compile(source, "program.py", "exec")
+    for name in [n for n in sys.modules if n.partition(".")[0] in ("ctypes", "_ctypes")]:
+        del sys.modules[name]  # the jail used ctypes: importing it again meets the hook
+    program = sys.modules["__main__"] = type(sys)("__main__")
     sys.addaudithook(_make_guard(root))
-    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    exec(code, program.__dict__)
+
+
+def main():
+    run(*(int(arg) for arg in sys.argv[1:4]))
 
 
 if __name__ == "__main__":

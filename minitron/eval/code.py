@@ -1,41 +1,43 @@
-"""Scoring generated programs (MBPP-style code tasks) by running them, sandboxed.
+"""Scoring generated programs (MBPP-style code tasks) by running them, contained.
 
 lm-eval's own code metric loads ``code_eval`` from the Hugging Face Hub, which
 fails offline; minitron scores pass@k itself. Each program plus its tests runs
-in a fresh Python process:
+in a fresh, isolated Python process (``python -I -S -B``, an empty environment)
+that the kernel contains (``minitron/eval/_jail.py``):
 
-- in a throwaway working folder (also its ``HOME`` and ``TMPDIR``), with an
-  empty environment and an isolated interpreter (``python -I -S -B``);
-- with a wall-clock time limit (the process group is killed) and resource
-  limits: CPU seconds, address space, file size, no core dumps;
-- without network: in a new user + network namespace (``unshare -rn``) when the
-  system allows it, and always behind an audit hook that refuses sockets;
-- behind an audit hook that refuses writes outside the working folder, new
-  processes and ctypes (see ``minitron/eval/_sandbox.py``).
+- its own user, mount, PID, network, IPC and UTS namespaces;
+- every mount read-only except a 64 MiB tmpfs working folder (its ``HOME`` and
+  ``TMPDIR``); no new user namespaces; no capabilities; seccomp refuses ``execve``
+  and sockets;
+- rlimits: processes, address space, CPU seconds, file size, no core dumps;
+- at the time limit its whole PID namespace is killed, children included;
+- and, as defense in depth, an audit hook (``_sandbox.py``) that refuses writes
+  outside the working folder, sockets, new processes and ctypes.
 
-Nothing runs unless code execution was allowed (``allow_code_execution``);
-docs/eval.md says what this does and does not protect against.
+Nothing runs unless code execution was allowed (``allow_code_execution``). Where
+the kernel cannot make the namespaces, programs are refused unless that
+permission also accepted running without them (``unsafe_without_sandbox``): then
+only the rlimits and the audit hook remain. docs/eval.md says what is and is not contained.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from minitron.errors import MinitronError
+from minitron.eval import isolation
+from minitron.eval.isolation import SETUP_FAILED, SETUP_PREFIX, TIMED_OUT
 
-RUNNER = Path(__file__).with_name("_sandbox.py")
-_allowed: list[bool] = []  # non-empty while code execution is allowed
+BACKSTOP_SECONDS = 10.0  # the jail kills at the limit itself; this is in case it hangs
+_allowed: list[bool] = []  # one entry per open allow_code_execution: gave up the sandbox?
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,23 @@ class Limits:
     """Per-program limits.
 
     Attributes:
-        timeout: Wall-clock seconds before the process group is killed.
-        memory_mb: Address-space limit of the program's process.
+        timeout: Wall-clock seconds before the program and all it started are killed.
+        memory_mb: Address-space limit of each of the program's processes.
+        processes: Processes (and threads) the program may have at once, itself included.
     """
 
     timeout: float = 5.0
     memory_mb: int = 1024
+    processes: int = 32
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """The outcome of one program: ``status`` is passed, failed, timeout or blocked."""
+    """The outcome of one program: ``status`` is passed, failed, timeout, blocked or error.
+
+    ``blocked``: the audit hook refused something; ``error``: the sandbox could
+    not be set up, so the program did not run.
+    """
 
     status: str
     detail: str = ""
@@ -64,63 +72,65 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def allow_code_execution() -> Iterator[None]:
-    """Within this block, ``run_program`` may run generated code."""
-    _allowed.append(True)
+def allow_code_execution(unsafe_without_sandbox: bool = False) -> Iterator[None]:
+    """Within this block, ``run_program`` may run generated code.
+
+    Args:
+        unsafe_without_sandbox: Where the kernel cannot make the OS sandbox, run
+            programs without it (only rlimits and the audit hook) instead of refusing.
+    """
+    _allowed.append(unsafe_without_sandbox)
     try:
         yield
     finally:
         _allowed.pop()
 
 
-def check_allowed() -> None:
-    """Raise unless inside ``allow_code_execution``."""
+def check_allowed() -> bool:
+    """Raise unless inside ``allow_code_execution``; return whether to contain programs.
+
+    Raises:
+        MinitronError: If code execution was not allowed, or if programs must be
+            contained and this system cannot (see ``isolation.require_sandbox``).
+    """
     if not _allowed:
         raise MinitronError(
             "code execution is off: pass --allow-code-execution to run generated programs"
         )
-
-
-@functools.lru_cache(maxsize=1)
-def network_namespace_prefix() -> tuple[str, ...]:
-    """``("unshare", "-rn")`` when this user may create a network namespace, else ``()``."""
-    tool = shutil.which("unshare")
-    if tool is None:
-        return ()
-    try:
-        probe = subprocess.run([tool, "-rn", "true"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return (tool, "-rn") if probe.returncode == 0 else ()
+    if _allowed[-1] and isolation.sandbox_problem() is not None:
+        return False
+    isolation.require_sandbox()
+    return True
 
 
 def run_program(source: str, limits: Limits = Limits()) -> RunResult:
     """Run ``source`` (a program with its tests) in the sandbox; passed means exit code 0.
 
+    When it returns, no process the program started is left.
+
     Raises:
-        MinitronError: If code execution was not allowed.
+        MinitronError: If code execution was not allowed, or no sandbox can be made.
     """
-    check_allowed()
+    contained = check_allowed()
     with tempfile.TemporaryDirectory(prefix="minitron-code-") as folder:
         Path(folder, "program.py").write_text(source, encoding="utf-8")
-        command = [
-            *network_namespace_prefix(),
-            sys.executable, "-I", "-S", "-B", str(RUNNER),
-            str(limits.memory_mb * 2**20), str(max(1, math.ceil(limits.timeout))),
-        ]  # fmt: skip
-        env = {"HOME": folder, "TMPDIR": folder, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        command = isolation.program_command(
+            limits.memory_mb * 2**20, max(1, math.ceil(limits.timeout)), limits.processes,
+            limits.timeout, contained,
+        )  # fmt: skip
         process = subprocess.Popen(
-            command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+            command, cwd=folder, env=isolation.program_env(folder), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip
+        wait = limits.timeout + (BACKSTOP_SECONDS if contained else 0.0)
         try:
-            _, stderr = process.communicate(timeout=limits.timeout)
+            _, stderr = process.communicate(timeout=wait)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             return RunResult("timeout", f"killed after {limits.timeout:g} s")
         finally:
-            _kill_group(process)  # nothing the program started outlives it
-    return _outcome(process.returncode, stderr.decode("utf-8", "replace"))
+            _kill_group(process)  # uncontained: the process group is all one can kill
+    return _outcome(process.returncode, stderr.decode("utf-8", "replace"), limits, contained)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -129,11 +139,15 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _outcome(returncode: int, stderr: str) -> RunResult:
+def _outcome(returncode: int, stderr: str, limits: Limits, contained: bool) -> RunResult:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     if returncode == 0:
         return RunResult("passed")
+    if contained and returncode == TIMED_OUT:
+        return RunResult("timeout", f"killed after {limits.timeout:g} s")
+    if contained and returncode == SETUP_FAILED and last.startswith(SETUP_PREFIX):
+        return RunResult("error", last)
     if "minitron sandbox:" in stderr:
         return RunResult("blocked", last)
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL):

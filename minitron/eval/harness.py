@@ -29,6 +29,7 @@ from typing import Any
 from unittest import mock
 
 from minitron.errors import MinitronError, first_line
+from minitron.eval import isolation
 from minitron.eval.code import CodeEval, allow_code_execution
 
 SUITE_DIR = Path(__file__).with_name("tasks")
@@ -77,10 +78,12 @@ class TaskSet:
         num_fewshot: Shots per requested name; others keep their YAML's value (or 0).
         metrics: Metric per requested name (``acc_norm``, ``exact_match,strict-match``).
         allow_code: Allow code tasks to run generated programs (sandboxed).
+        unsafe_code: Run them without the OS sandbox where it cannot be made.
 
     Raises:
         MinitronError: On an unknown task, a missing include folder, a task that
-            fails to load, or a code task without ``allow_code``.
+            fails to load, a code task without ``allow_code``, or a code task where
+            no OS sandbox can be made and ``unsafe_code`` is off.
     """
 
     def __init__(
@@ -90,14 +93,16 @@ class TaskSet:
         num_fewshot: Mapping[str, int] | None = None,
         metrics: Mapping[str, str] | None = None,
         allow_code: bool = False,
+        unsafe_code: bool = False,
     ) -> None:
         if not tasks:
             raise MinitronError("no tasks given (use --tasks or --preset)")
         self.allow_code = allow_code
+        self.unsafe_code = unsafe_code
         manager = task_manager(_include_folders(include_paths), tuple(tasks))
         self.requested: list[_Requested] = []
         self.task_dict: dict[str, dict] = {"tasks": {}, "groups": {}, "group_map": {}}
-        with _code_metric_stand_in(), _allowed(allow_code):
+        with _code_metric_stand_in(), _allowed(allow_code, unsafe_code):
             for name in tasks:
                 loaded = _load(manager, name)
                 for key in self.task_dict:
@@ -113,6 +118,8 @@ class TaskSet:
                 f"task {self.code_tasks[0]} runs generated code: "
                 "pass --allow-code-execution to allow it (sandboxed, see docs/eval.md)"
             )
+        if self.code_tasks and not unsafe_code:
+            isolation.require_sandbox()  # refuse now, before any model is loaded
         for item in self.requested:
             shots = (num_fewshot or {}).get(item.name)
             for leaf in item.leaves:
@@ -140,7 +147,7 @@ class TaskSet:
         random.seed(0)
         np.random.seed(FEWSHOT_SEED)
         torch.manual_seed(FEWSHOT_SEED)
-        with _quiet_lm_eval(), _allowed(self.allow_code):
+        with _quiet_lm_eval(), _allowed(self.allow_code, self.unsafe_code):
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
             results = evaluate(
                 lm=lm, task_dict=self.task_dict, limit=limit, bootstrap_iters=100,
@@ -341,8 +348,8 @@ def _code_metric_stand_in() -> Iterator[None]:
         yield
 
 
-def _allowed(allow: bool) -> contextlib.AbstractContextManager:
-    return allow_code_execution() if allow else contextlib.nullcontext()
+def _allowed(allow: bool, unsafe: bool = False) -> contextlib.AbstractContextManager:
+    return allow_code_execution(unsafe) if allow else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,374 @@
+"""The OS sandbox of generated programs: each escape found in review, stopped.
+
+Every escape below got out of the first sandbox (an audit hook and rlimits) while
+``run_program`` still reported a result. Each is checked from outside the
+sandbox: the file that must not appear, the process that must not exist (found
+by scanning /proc for a marker it holds open or has in its command line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from minitron.errors import MinitronError
+from minitron.eval import isolation
+from minitron.eval.code import Limits, allow_code_execution, run_program
+from tests.conftest import save_tiny_checkpoint
+from tests.test_cli import MINITRON, assert_user_error
+
+PROBLEM = isolation.sandbox_problem()
+needs_sandbox = pytest.mark.skipif(
+    PROBLEM is not None, reason=f"this system cannot create the sandbox's namespaces: {PROBLEM}"
+)
+QUICK = Limits(timeout=2)
+# Starts a process without any audit event (Python 3.11/3.12 argument order); the
+# child runs ``preexec`` (Python, no exec) after ``setsid`` when asked, then execs ``args``.
+SPAWN = """
+import _posixsubprocess, os, sys, time
+
+def spawn(args, setsid=False, preexec=None, keep=()):
+    errors_r, errors_w = os.pipe()
+    return _posixsubprocess.fork_exec(
+        args, [os.fsencode(args[0])], True, tuple(sorted((errors_w, *keep))), None, None,
+        -1, -1, -1, -1, -1, -1, errors_r, errors_w, True, setsid, -1,
+        None, None, None, -1, preexec, False,
+    )
+"""
+
+
+def _cmdlines_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def _holding(path: Path) -> list[int]:
+    """Processes (anywhere on this machine) with ``path`` open."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
+@contextlib.contextmanager
+def _watch(probe) -> Iterator[list[int]]:
+    """Sample ``probe()`` (a list of pids) until the block ends; yield the largest count
+    seen (in a one-item list); afterwards kill whatever it still finds (old code leaks)."""
+    most, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            most[0] = max(most[0], len(probe()))
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        yield most
+    finally:
+        done.set()
+        thread.join()
+        for pid in probe():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Path:
+    """A file that the programs' children hold open: how they are found from outside."""
+    marker = tmp_path / "held-open-by-sandboxed-children"
+    marker.write_text("")
+    return marker
+
+
+@needs_sandbox
+def test_a_relative_write_after_chdir_does_not_land_outside(tmp_path):
+    program = f"import os\nos.chdir({str(tmp_path)!r})\nopen('escaped.txt', 'w').write('x')"
+    with allow_code_execution():
+        result = run_program(program, QUICK)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert result.status == "failed" and "Read-only file system" in result.detail
+
+
+@needs_sandbox
+def test_a_dir_fd_write_does_not_land_outside(tmp_path):
+    program = (
+        f"import os\nfolder = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+        "os.open('escaped.txt', os.O_WRONLY | os.O_CREAT, dir_fd=folder)"
+    )
+    with allow_code_execution():
+        result = run_program(program, QUICK)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert result.status == "failed" and "Read-only file system" in result.detail
+
+
+@needs_sandbox
+def test_fork_exec_without_audit_event_cannot_start_a_program():
+    marker = f"minitron-test-{uuid.uuid4().hex}"
+    program = SPAWN + (
+        f"child = spawn(['/bin/sh', '-c', 'sleep 3; echo {marker}'])\n"
+        "status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])\n"
+        "assert status == 255, status  # the child could not exec /bin/sh\n"
+    )
+    with _watch(lambda: _cmdlines_with(marker)) as most, allow_code_execution():
+        result = run_program(program, Limits(timeout=4))
+    assert most[0] == 0  # no /bin/sh with the marker ever ran
+    assert result.passed, result.detail
+
+
+@needs_sandbox
+@pytest.mark.parametrize("ending", ["killed at the time limit", "exits normally"])
+def test_setsid_children_are_gone_when_run_program_returns(held, ending):
+    program = SPAWN + (
+        "ready_r, ready_w = os.pipe()\n"
+        "def hold():\n"
+        f"    handle = open({str(held)!r})\n"
+        "    os.write(ready_w, b'x')\n"
+        "    time.sleep(60)\n"
+        "spawn([sys.executable], setsid=True, preexec=hold, keep=(ready_w,))\n"
+        "assert os.read(ready_r, 1) == b'x'\n"
+        "time.sleep(1)  # for the test to see the child from outside\n"
+    )
+    if ending == "killed at the time limit":
+        program += "time.sleep(60)\n"
+    with _watch(lambda: _holding(held)) as most, allow_code_execution():
+        result = run_program(program, QUICK)
+        left = _holding(held)
+    assert most[0] == 1  # the setsid child ran (seen from outside)...
+    assert left == []  # ...and was gone as soon as run_program returned
+    assert result.status == ("timeout" if ending.startswith("killed") else "passed"), result
+
+
+@needs_sandbox
+def test_a_fork_bomb_stops_at_the_process_limit(held):
+    """Bounded so that, uncapped (the old code), it makes 100 sleeping processes, not more."""
+    program = SPAWN + (
+        "def hold():\n"
+        f"    handle = open({str(held)!r})\n"
+        "    time.sleep(60)\n"
+        "started = 0\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        spawn([sys.executable], preexec=hold)\n"
+        "    except BlockingIOError:\n"
+        "        break\n"
+        "    started += 1\n"
+        "time.sleep(1)\n"
+        "raise SystemExit(f'started {started} processes')\n"
+    )
+    with _watch(lambda: _holding(held)) as most, allow_code_execution():
+        result = run_program(program, Limits(timeout=5, processes=8))
+    assert 1 <= most[0] <= 7, f"{most[0]} processes at once"  # seen from outside
+    assert result.detail == "started 7 processes"  # 8 with the program itself
+    assert _holding(held) == []
+
+
+@needs_sandbox
+def test_the_program_sees_a_contained_system():
+    program = """
+import os
+assert os.getpid() == 1  # PID 1 of its own PID namespace
+interfaces = [line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]]
+assert interfaces == ["lo"], interfaces  # its own network namespace
+status = dict(line.split(":\\t") for line in open("/proc/self/status").read().splitlines())
+assert int(status["CapEff"], 16) & ~(1 << 2) == 0, status["CapEff"]  # at most DAC_READ_SEARCH
+assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+assert os.getuid() != 0 or int(status["CapEff"], 16) == 0
+home = os.getcwd()
+for folder in ("/", "/tmp", "/dev/shm", "/sys", home + "/.."):
+    os.chdir(folder)  # a relative path gets past the audit hook: the kernel says no
+    try:
+        open("minitron-sandbox-test", "w")
+    except OSError as err:
+        assert err.errno == 30, (folder, err)  # EROFS
+    else:
+        raise AssertionError(f"wrote into {folder}")
+os.chdir(home)
+open("mine.txt", "w").write("its own folder is writable")
+"""
+    with allow_code_execution():
+        result = run_program(program, QUICK)
+    assert result.passed, result.detail
+
+
+@needs_sandbox
+def test_with_the_audit_hook_switched_off_the_kernel_still_says_no(tmp_path):
+    """The audit hook is no boundary: its tables are one frame away, and so is the jail's
+    ctypes. Emptied, it lets everything through; the kernel still refuses."""
+    program = f"""
+import errno, os, socket, sys
+frame = sys._getframe()
+while "BLOCKED_EVENTS" not in frame.f_globals:
+    frame = frame.f_back
+frame.f_globals["BLOCKED_EVENTS"].clear()
+frame.f_globals["PATH_EVENTS"].clear()
+frame.f_globals["_inside"] = lambda path, root: True
+
+def refused(call, code):
+    try:
+        result = call()
+    except OSError as err:
+        assert err.errno == code, err
+    else:
+        assert result == -1 and ctypes.get_errno() == code, result
+
+refused(lambda: open({str(tmp_path / "escaped.txt")!r}, "w"), errno.EROFS)
+refused(lambda: socket.socket(socket.AF_UNIX), errno.EPERM)  # seccomp
+refused(lambda: socket.socket(socket.AF_INET), errno.EPERM)
+refused(lambda: os.execv("/bin/sh", ["sh"]), errno.EPERM)
+while "_libc" not in frame.f_globals:
+    frame = frame.f_back
+libc, ctypes = frame.f_globals["_libc"], frame.f_globals["ctypes"]
+refused(lambda: libc.sethostname(b"escaped", 7), errno.EPERM)  # no capabilities
+refused(lambda: libc.mount(b"none", b".", b"tmpfs", 0, None), errno.EPERM)
+refused(lambda: libc.unshare(0x10000000), errno.ENOSPC)  # no new user namespace
+"""
+    with allow_code_execution():
+        result = run_program(program, QUICK)
+    assert result.passed, result.detail
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def _load_jail():
+    spec = importlib.util.spec_from_file_location("_jail", isolation.JAIL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bpf_answer(program: list[tuple[int, int, int, int]], arch: int, nr: int) -> int:
+    """Run a seccomp BPF program (the few opcodes the jail uses) on one system call."""
+    data = struct.pack("<II", nr, arch) + bytes(56)  # seccomp_data: nr, arch, ip, args
+    pc = acc = 0
+    while True:
+        code, jt, jf, k = program[pc]
+        if code == 0x06:  # BPF_RET|BPF_K
+            return k
+        if code == 0x20:  # BPF_LD|BPF_W|BPF_ABS
+            acc, pc = struct.unpack_from("<I", data, k)[0], pc + 1
+        elif code in (0x15, 0x35):  # BPF_JMP|BPF_JEQ|BPF_K, BPF_JMP|BPF_JGE|BPF_K
+            taken = acc == k if code == 0x15 else acc >= k
+            pc += 1 + (jt if taken else jf)
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+@pytest.mark.parametrize(
+    ("machine", "arch", "nr", "answer"),
+    [
+        ("x86_64", 0xC000003E, 59, "deny"),  # execve
+        ("x86_64", 0xC000003E, 322, "deny"),  # execveat
+        ("x86_64", 0xC000003E, 41, "deny"),  # socket
+        ("x86_64", 0xC000003E, 425, "deny"),  # io_uring_setup
+        ("x86_64", 0xC000003E, 0x40000000 | 520, "deny"),  # x32 execve
+        ("x86_64", 0xC000003E, 0, "allow"),  # read
+        ("x86_64", 0xC000003E, 57, "allow"),  # fork: capped by RLIMIT_NPROC instead
+        ("x86_64", 0xC000003E, 53, "allow"),  # socketpair: no way out
+        ("x86_64", 0x40000003, 11, "kill"),  # i386 execve through int 0x80
+        ("aarch64", 0xC00000B7, 221, "deny"),  # execve
+        ("aarch64", 0xC00000B7, 198, "deny"),  # socket
+        ("aarch64", 0xC00000B7, 59, "allow"),  # pipe2 (x86_64's execve number)
+        ("aarch64", 0x40000028, 11, "kill"),  # arm 32-bit
+    ],
+)
+def test_seccomp_filter_decides_each_call(machine, arch, nr, answer):
+    jail = _load_jail()
+    expected = {"deny": jail.RET_ERRNO | 1, "allow": jail.RET_ALLOW, "kill": jail.RET_KILL}
+    assert _bpf_answer(jail.seccomp_filter(machine), arch, nr) == expected[answer]
+
+
+def test_other_machines_are_refused_not_left_unfiltered():
+    jail = _load_jail()
+    with pytest.raises(jail.SetupError, match="no seccomp filter for riscv64"):
+        jail.seccomp_filter("riscv64")
+
+
+def test_code_is_refused_in_one_line_where_no_sandbox_can_be_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(isolation, "sandbox_problem", lambda: "unshare: Operation not permitted")
+    marker = tmp_path / "ran"
+    with allow_code_execution(), pytest.raises(MinitronError) as refused:
+        run_program(f"open({str(marker)!r}, 'w').close()", QUICK)
+    message = str(refused.value)
+    assert "\n" not in message and "unshare: Operation not permitted" in message
+    assert isolation.UNSAFE_FLAG in message
+    assert not marker.exists()
+
+
+def test_unsafe_mode_runs_without_the_sandbox_where_none_can_be_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(isolation, "sandbox_problem", lambda: "unshare: Operation not permitted")
+    outside = tmp_path / "escaped.txt"
+    with allow_code_execution(unsafe_without_sandbox=True):
+        pid = run_program("import os\nassert os.getpid() != 1", QUICK)
+        hook = run_program(f"open({str(outside)!r}, 'w')", QUICK)
+    assert pid.passed, pid.detail  # not in a PID namespace: uncontained
+    assert hook.status == "blocked" and not outside.exists()  # the audit hook is still there
+
+
+def test_the_probe_reports_why_namespaces_cannot_be_made(monkeypatch, tmp_path):
+    failing = tmp_path / "jail.py"
+    failing.write_text(
+        "import sys\nprint('minitron sandbox setup: unshare: No space left on device', "
+        "file=sys.stderr)\nraise SystemExit(125)\n"
+    )
+    monkeypatch.setattr(isolation, "JAIL", failing)
+    isolation.sandbox_problem.cache_clear()
+    try:
+        assert isolation.sandbox_problem() == "unshare: No space left on device"
+    finally:
+        isolation.sandbox_problem.cache_clear()
+
+
+def _minitron_without_namespaces(*args):
+    """``minitron ARGS`` where no user namespace can be made: this system, or else inside
+    a user namespace that allows none below it (``max_user_namespaces`` 0)."""
+    command = [str(MINITRON), *map(str, args)]
+    if PROBLEM is None:
+        if shutil.which("unshare") is None:
+            pytest.skip("needs util-linux unshare to take user namespaces away")
+        script = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
+        command = ["unshare", "--user", "--map-root-user", "sh", "-c", script, "sh", *command]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def test_cli_refuses_code_tasks_in_one_line_without_a_sandbox_unless_told(tmp_path):
+    tiny = save_tiny_checkpoint(tmp_path / "tiny")
+    out = tmp_path / "out"
+    fixtures = Path(__file__).parent / "fixtures" / "eval_tasks"
+    args = ["eval", tiny, "--tasks", "tiny_code", "--include-path", fixtures, "--limit", 1]
+    args += ["--output", out, "--allow-code-execution"]
+    refused = _minitron_without_namespaces(*args)
+    assert_user_error(refused, "this system cannot create one (unshare: ")
+    assert isolation.UNSAFE_FLAG in refused.stderr
+    assert not out.exists()
+    unsafe = _minitron_without_namespaces(*args, "--unsafe-code-execution-without-sandbox")
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert "this system cannot make the OS sandbox" in " ".join(unsafe.stderr.split())
+    assert (out / "results.json").exists()
+
+
+def test_cli_unsafe_flag_alone_is_one_line_and_exit_code_2(tmp_path):
+    unsafe_alone = subprocess.run(
+        [MINITRON, "eval", "--tasks", "tiny_code", isolation.UNSAFE_FLAG, "--output",
+         tmp_path / "out"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert_user_error(unsafe_alone, f"{isolation.UNSAFE_FLAG} needs --allow-code-execution")
+    assert not (tmp_path / "out").exists()
