@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from minitron.cli.app import app, gib, guarded, out
-from minitron.commands.bench import BenchConfig
 from minitron.config import parse_config
+
+if TYPE_CHECKING:
+    from minitron.commands.bench import BenchConfig
 
 
 def _int_list(text: str) -> list[int]:
@@ -56,7 +58,7 @@ def bench(
     ] = False,
 ) -> None:
     """Parameters, bf16 memory, KV cache per token, prefill/decode tokens/s and speed-up."""
-    from minitron.commands.bench import run_bench
+    from minitron.commands.bench import BenchConfig, run_bench
 
     config = parse_config(
         BenchConfig,

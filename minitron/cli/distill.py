@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from minitron.cli.app import app, guarded, out
-from minitron.commands.distill import DistillConfig
 from minitron.config import load_recipe
 
 
@@ -40,7 +39,7 @@ def distill(
     ] = False,
 ) -> None:
     """Distil the teacher's logits into a pruned student (forward KL) with Lightning."""
-    from minitron.commands.distill import run_distill
+    from minitron.commands.distill import DistillConfig, run_distill
 
     config = load_recipe(recipe, DistillConfig, set_ or [])
     target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)

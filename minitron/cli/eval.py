@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from minitron.cli.app import app, guarded, out
-from minitron.commands.eval import EvalConfig
 from minitron.config import parse_config
 
 
@@ -66,7 +65,7 @@ def eval_command(
 ) -> None:
     """Score models on lm-eval tasks (a model card's preset, the offline suite, your own
     task folders) and perplexity; write results.json and per-sample logs."""
-    from minitron.commands.eval import run_eval
+    from minitron.commands.eval import EvalConfig, run_eval
 
     names = [t.strip() for item in tasks or [] for t in item.split(",") if t.strip()]
     specs = models or ["smollm2-135m"]

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from minitron.cli.app import app, format_layers, guarded, out
-from minitron.commands.importance import ImportanceConfig
 from minitron.config import parse_config
 
 
@@ -56,7 +55,7 @@ def importance(
     ] = None,
 ) -> None:
     """Score how much each layer (and each block of --block-size layers) matters."""
-    from minitron.commands.importance import run_importance
+    from minitron.commands.importance import ImportanceConfig, run_importance
 
     config = parse_config(
         ImportanceConfig,

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from minitron.cli.app import app, format_layers, gib, guarded, out
-from minitron.commands.prune import PruneConfig
 from minitron.config import load_recipe
 
 
@@ -38,8 +37,8 @@ def prune(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Drop decoder layers (a standard HF checkpoint) or edit each block (nemotron-nas)."""
+    from minitron.commands.prune import PruneConfig, run_prune
     from minitron.commands.prune import dry_run as plan_only
-    from minitron.commands.prune import run_prune
 
     config = load_recipe(recipe, PruneConfig, set_ or [])
     if dry_run:

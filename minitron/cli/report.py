@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from minitron.cli.app import app, guarded, out
-from minitron.commands.report import ReportConfig
 from minitron.config import parse_config
 
 
@@ -28,7 +27,7 @@ def report(
     ] = False,
 ) -> None:
     """One table of params, memory, perplexity, scores and speed, read from the runs' JSON."""
-    from minitron.commands.report import run_report
+    from minitron.commands.report import ReportConfig, run_report
 
     config = parse_config(
         ReportConfig, {"run_dirs": [str(d) for d in run_dirs], "output": str(output)}
