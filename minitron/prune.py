@@ -91,8 +91,9 @@ def per_layer_updates(config: Any, kept: list[int], num_layers: int) -> dict[str
     """The config fields to change when only the ``kept`` layers remain.
 
     Per-layer lists (length ``num_layers``, named for layers or blocks) keep
-    the kept layers' entries; lists of layer indices in ``INDEX_LISTS`` keep
-    and renumber the kept indices. Does not change ``config``.
+    the kept layers' entries, as the config holds them (``BlockConfig`` objects
+    for a nemotron-nas config, not their JSON dicts); lists of layer indices in
+    ``INDEX_LISTS`` keep and renumber the kept indices. Does not change ``config``.
 
     Raises:
         MinitronError: If the config has per-layer structure this cannot update:
@@ -106,6 +107,7 @@ def per_layer_updates(config: Any, kept: list[int], num_layers: int) -> dict[str
     for key, value in fields.items():
         per_layer = "layer" in key or key == "block_configs"
         if isinstance(value, list | tuple) and per_layer:
+            value = getattr(config, key, value)  # its own objects, not their JSON form
             if len(value) == num_layers:
                 updates[key] = [value[i] for i in kept]
             elif key in INDEX_LISTS:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from minitron.modeling import DeciLMConfig, DeciLMForCausalLM
-from tests.conftest import VOCAB, tiny_llama
+from minitron.modeling import BlockConfig, DeciLMConfig, DeciLMForCausalLM
+from tests.conftest import VOCAB, char_tokenizer, tiny_llama
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 
@@ -69,6 +69,40 @@ def tiny_nas(blocks=MIXED, seed: int = 0, **overrides) -> DeciLMForCausalLM:
     )
     torch.manual_seed(seed)
     return DeciLMForCausalLM(DeciLMConfig(**(values | overrides))).eval()
+
+
+def blocks_of(kept: list[int], blocks=MIXED) -> list[dict]:
+    """The published-shape block configs of the ``kept`` layers of ``blocks``."""
+    return [BlockConfig.from_dict(blocks[i]).to_dict() for i in kept]
+
+
+def nas_from_kept(parent: DeciLMForCausalLM, kept: list[int]) -> DeciLMForCausalLM:
+    """A nas model built from the kept blocks; its layer j gets parent layer kept[j]'s weights.
+
+    An independent reference for depth pruning: nothing of ``drop_layers`` is used.
+    """
+    values = parent.config.to_dict() | {
+        "block_configs": [parent.config.block_configs[i].to_dict() for i in kept],
+        "num_hidden_layers": len(kept),
+    }
+    model = DeciLMForCausalLM(DeciLMConfig.from_dict(values)).eval()
+    renamed = {}
+    for name, tensor in parent.state_dict().items():
+        if not name.startswith("model.layers."):
+            renamed[name] = tensor
+            continue
+        old, rest = name.removeprefix("model.layers.").split(".", 1)
+        if int(old) in kept:
+            renamed[f"model.layers.{kept.index(int(old))}.{rest}"] = tensor
+    model.load_state_dict(renamed, strict=True)  # every weight named, none left over
+    return model
+
+
+def save_tiny_nas(path, blocks=MIXED, seed: int = 0):
+    """Write ``tiny_nas(blocks, seed)`` and the character tokenizer as a checkpoint folder."""
+    tiny_nas(blocks, seed).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
 
 
 def single_thread():

@@ -22,7 +22,7 @@ from minitron.nas import (
     narrow_ffn,
     reduce_kv_heads,
 )
-from tests.nas_helpers import block, single_thread, tiny_nas_llama, token_batches
+from tests.nas_helpers import block, single_thread, tiny_nas, tiny_nas_llama, token_batches
 
 HEADS, HEAD_DIM, HIDDEN = 8, 8, 64
 
@@ -77,6 +77,26 @@ def test_one_kv_head_is_the_mean_of_all_and_more_heads_are_lossless():
     assert torch.allclose(nas.model.layers[1].self_attn.k_proj.weight, expected, atol=1e-6)
     with pytest.raises(MinitronError, match="n_heads_in_group 3 does not divide 8 heads"):
         reduce_kv_heads(nas, 1, 3)
+
+
+@pytest.mark.parametrize("group", [3, 2, 1, 4])
+def test_smaller_groups_are_lossless_only_when_they_divide_the_old_group(group):
+    # 12 heads of 8 in groups of 6: 2 parent K/V heads p0 (queries 0-5), p1 (6-11).
+    parent = tiny_nas([block(6, 12)], hidden_size=96, num_attention_heads=12)
+    ids = token_batches(1)[0]
+    k = parent.model.layers[0].self_attn.k_proj.weight.detach().clone()
+    p0, p1 = k[:HEAD_DIM], k[HEAD_DIM:]
+    edited = copy.deepcopy(parent)
+    reduce_kv_heads(edited, 0, group)
+    got = edited.model.layers[0].self_attn.k_proj.weight.detach()
+    difference = (logits(edited, ids) - logits(parent, ids)).abs().max()
+    if group == 4:  # 3 K/V heads: queries 0-3 used p0, 4-7 used p0, p0, p1, p1, 8-11 used p1
+        assert torch.allclose(got, torch.cat([p0, (p0 + p1) / 2, p1]), atol=1e-6)
+        assert difference > 1e-2  # smaller groups, yet not the same function
+    else:  # 6 // group copies of each parent: the same function
+        expected = torch.cat([p0] * (6 // group) + [p1] * (6 // group))
+        assert torch.allclose(got, expected, rtol=0, atol=1e-7)  # a mean of equal rows
+        assert difference < 1e-5
 
 
 def capture_inputs(module):

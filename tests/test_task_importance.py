@@ -10,6 +10,7 @@ import torch
 from minitron.prune import drop_layers, layers_removed
 from minitron.task_importance import task_importance
 from tests.conftest import random_batches, tiny_llama
+from tests.nas_helpers import MIXED, nas_from_kept, tiny_nas
 
 
 def next_token_accuracy(batch: torch.Tensor):
@@ -61,6 +62,26 @@ def test_task_scores_rank_blocks_as_a_slow_reference(block_size):
     assert result.metric == "task:next-token"
 
 
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_task_scores_of_a_nemotron_nas_model_match_models_built_without_each_block(block_size):
+    model = tiny_nas()  # every attention and FFN kind
+    before = model.config.to_dict()
+    (batch,) = random_batches(count=1, batch=4, seq_len=24, seed=3)
+    score = next_token_accuracy(batch)
+    result = task_importance(model, score, "next-token", block_size)
+    layers = len(MIXED)
+
+    def reference(removed) -> float:  # built from the kept blocks, not by drop_layers
+        return 1.0 - score(nas_from_kept(model, [i for i in range(layers) if i not in removed]))
+
+    blocks = [reference(range(s, s + block_size)) for s in range(layers - block_size + 1)]
+    assert result.blocks == pytest.approx(blocks, abs=1e-9)
+    assert max(blocks) - min(blocks) > 1e-4
+    assert result.layers == pytest.approx([reference([i]) for i in range(layers)], abs=1e-9)
+    assert result.baseline_loss == pytest.approx(1.0 - score(model))
+    assert model.config.to_dict() == before and len(model.model.layers) == layers
+
+
 def write_tiny_task(folder, items: int = 20, seed: int = 0):
     """A local multiple-choice task (YAML + jsonl) over random printable strings."""
     import json
@@ -107,6 +128,30 @@ def test_task_metric_through_lm_eval_matches_a_slow_reference_loop(tmp_path):
     assert max(blocks) > min(blocks)
     assert result.least_important_block() == min(range(5), key=blocks.__getitem__)
     assert result.metric == "task:tiny_mc" and result.layers == []
+
+
+@pytest.mark.slow  # lm-eval over 13 model variants: 190 s on the shared 2-core machine
+def test_task_metric_through_lm_eval_on_a_nemotron_nas_model(tmp_path):
+    from minitron.commands.importance import TaskScoring, score_layers
+    from minitron.eval import evaluate_tasks
+    from tests.conftest import char_tokenizer
+
+    folder = write_tiny_task(tmp_path / "tasks")
+    model, tokenizer = tiny_nas(), char_tokenizer()
+    task = TaskScoring(include_path=str(folder))
+    result = score_layers(model, tokenizer, "task:tiny_mc", [], 2, single_layers=False, task=task)
+
+    def reference(start) -> float:  # built from the kept blocks, scored from scratch
+        built = nas_from_kept(model, [i for i in range(len(MIXED)) if i not in (start, start + 1)])
+        return (
+            1.0 - evaluate_tasks(built, tokenizer, ["tiny_mc"], None, [folder])["tiny_mc"]["value"]
+        )
+
+    blocks = [reference(s) for s in range(len(MIXED) - 1)]
+    print("task error with each block of 2 removed:", blocks)
+    assert result.blocks == pytest.approx(blocks, abs=1e-12)
+    assert max(blocks) > min(blocks)
+    assert result.metric == "task:tiny_mc"
 
 
 @pytest.mark.parametrize("metric", ["task:", "accuracy", "task: "])

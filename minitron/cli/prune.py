@@ -101,6 +101,13 @@ def _print_blocks(report: dict[str, Any], parent: str) -> None:
     out.print(f"bf16 weights {gib(2 * before)} -> {gib(2 * after)}")
     if report.get("serve_with"):
         out.print(f"every block kind is served by {report['serve_with']}")
+    memory = report.get("calibration_memory")
+    if memory:
+        peak = memory.get("measured_peak_bytes", memory["peak_bytes"])
+        where = "on the CPU" if memory["accumulate_on"] == "cpu" else "on the model's device"
+        out.print(
+            f"calibration: {memory['passes']} pass(es), accumulators up to {gib(peak)} {where}"
+        )
     if "perplexity_before" in report:
         ppl = f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}"
         out.print(f"held-out perplexity {ppl}")

@@ -25,7 +25,8 @@ from minitron.io import (
     saved_dtype,
 )
 from minitron.modeling import BlockConfig, DeciLMConfig, llama_to_nas, nas_config_from_llama
-from minitron.nas import apply_block_configs, layer_parameters, plan_edits
+from minitron.nas import apply_edits, layer_parameters, plan_edits
+from minitron.nas.collect import CalibrationPlan, collect_statistics, plan_calibration
 from minitron.nas.engines import check_engine
 from minitron.nas.rules import resolve_block_configs, resolve_rules, runs_of_blocks
 from minitron.prune import count_parameters
@@ -39,12 +40,12 @@ class BlocksPlan:
     base: DeciLMConfig  # the parent as nemotron-nas
     blocks: list[BlockConfig]  # the target block of every layer
     target: DeciLMConfig  # the output's config
+    calibration: CalibrationPlan  # the statistics the edits need, grouped into passes
 
     @property
     def needs_calibration(self) -> bool:
         """True when some edit is fitted on data (narrower / wider FFN, linear sub-block)."""
-        edits = plan_edits(self.base, self.blocks)
-        return any(e.attention == "linear" or e.ffn in ("linear", "resize") for e in edits)
+        return bool(self.calibration.groups)
 
 
 def plan_blocks(config: PruneConfig) -> BlocksPlan:
@@ -52,8 +53,9 @@ def plan_blocks(config: PruneConfig) -> BlocksPlan:
 
     Raises:
         MinitronError: On a parent that is neither Llama nor nemotron-nas, a bad rule or
-            block list, an edit with nothing to start from, or a block kind the engine
-            named by ``serve_with`` cannot serve.
+            block list, an edit with nothing to start from, a block kind the engine
+            named by ``serve_with`` cannot serve, or a calibration budget below one
+            accumulator.
     """
     parent = load_config(config.parent, config.trust_remote_code)
     base = parent if isinstance(parent, DeciLMConfig) else nas_config_from_llama(parent)
@@ -61,10 +63,10 @@ def plan_blocks(config: PruneConfig) -> BlocksPlan:
         blocks = resolve_rules(base, config.rules)
     else:
         blocks = resolve_block_configs(base, config.block_configs)
-    plan_edits(base, blocks)
+    calibration = plan_calibration(base, plan_edits(base, blocks), config.calibration_memory)
     target = base.with_blocks(blocks)
     check_engine(config.serve_with, target)
-    return BlocksPlan(parent, base, blocks, target)
+    return BlocksPlan(parent, base, blocks, target, calibration)
 
 
 def block_summary(plan: BlocksPlan) -> list[dict[str, Any]]:
@@ -94,9 +96,11 @@ def grouped_summary(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def blocks_dry_run(config: PruneConfig) -> dict[str, Any]:
     """Plan a block-edit prune from configs alone, on the meta device (any size).
 
-    Returns the keys of the depth dry run plus ``blocks`` (one entry per layer) and
-    ``serve_with``. Every layer stays in the checkpoint (a layer whose attention and
-    FFN are both no_op holds no weights), so ``dropped_layers`` is empty.
+    Returns the keys of the depth dry run plus ``blocks`` (one entry per layer),
+    ``serve_with`` and ``calibration_memory`` (the planned passes and accumulator
+    bytes, ``None`` when no edit needs data). Every layer stays in the checkpoint (a
+    layer whose attention and FFN are both no_op holds no weights), so
+    ``dropped_layers`` is empty.
     """
     from minitron.modeling import count_parameters as config_parameters
 
@@ -113,6 +117,7 @@ def blocks_dry_run(config: PruneConfig) -> dict[str, Any]:
         "bf16_bytes_before": before * 2,
         "bf16_bytes_after": after * 2,
         "serve_with": config.serve_with,
+        "calibration_memory": plan.calibration.to_dict() if plan.needs_calibration else None,
         "blocks": block_summary(plan),
     }
 
@@ -149,13 +154,13 @@ def run_blocks_prune(config: PruneConfig, output: str | Path, overwrite: bool) -
     }
     if heldout:
         record["perplexity_before"] = perplexity(nas, heldout, "parent")
-    edits = apply_block_configs(nas, plan.blocks, calibration, config.ridge)
+    record["layers"], memory = _edit(nas, plan, calibration, config)
     record["params_after"] = count_parameters(nas)
     if heldout:
         record["perplexity_after"] = perplexity(nas, heldout, "pruned")
         record["heldout"] = {"sequences": len(data.heldout), "seq_len": config.data.seq_len}
-    record["layers"] = edits
     record["calibration"] = _calibration_record(config, data, calibrate)
+    record["calibration_memory"] = memory if calibrate else None
     record["serve_with"] = config.serve_with
     record["recipe"] = config_to_dict(config)
     record["minitron_version"] = __version__
@@ -164,6 +169,14 @@ def run_blocks_prune(config: PruneConfig, output: str | Path, overwrite: bool) -
     _save(nas, tokenizer, dtype, output, overwrite, record)
     record["output"] = str(output)
     return record
+
+
+def _edit(nas, plan: BlocksPlan, calibration: list, config: PruneConfig) -> tuple[list, dict]:
+    """Gather the statistics and make the edits, in place: (per-layer records, memory record)."""
+    edits = plan_edits(nas.config, plan.blocks)
+    memory = config.calibration_memory
+    statistics = collect_statistics(nas, edits, calibration, config.ridge, memory)
+    return apply_edits(nas, edits, statistics), statistics.record
 
 
 def _name(dtype: Any) -> str:

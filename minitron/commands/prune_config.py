@@ -42,6 +42,10 @@ class PruneConfig:
         rules: Per-layer edits, applied in order (``minitron.nas.rules``).
         serve_with: Refuse block kinds this engine cannot serve.
         ridge: Ridge strength of the least-squares fits of linear sub-blocks.
+        accumulate_on: Where the calibration accumulators of block edits live: ``cpu``
+            (the model's device holds one batch's products at a time) or ``device``.
+        calibration_budget_gib: Most GiB the accumulators of one calibration pass may
+            hold; more statistics take more passes. ``None``: one pass.
     """
 
     parent: str
@@ -61,11 +65,16 @@ class PruneConfig:
     rules: list[dict] | None = None
     serve_with: Literal["vllm", "trtllm", "llamacpp"] | None = None
     ridge: float = 1e-2
+    accumulate_on: Literal["cpu", "device"] = "cpu"
+    calibration_budget_gib: float | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
         if self.ridge < 0:
             raise MinitronError(f"ridge must be 0 or more (got {self.ridge})")
+        budget = self.calibration_budget_gib
+        if budget is not None and not budget > 0:
+            raise MinitronError(f"calibration_budget_gib must be above 0 (got {budget})")
         if self.block_configs is not None and self.rules is not None:
             raise MinitronError("give either block_configs or rules, not both")
         if self.edits_blocks:
@@ -97,6 +106,14 @@ class PruneConfig:
                     f"{key} is a depth-pruning key and {blocks} edits blocks: "
                     "a recipe does one or the other"
                 )
+
+    @property
+    def calibration_memory(self):
+        """The ``CalibrationMemory`` (placement and budget) of the block edits' calibration."""
+        from minitron.nas.collect import GIB, CalibrationMemory  # torch: only when needed
+
+        budget = self.calibration_budget_gib
+        return CalibrationMemory(self.accumulate_on, None if budget is None else int(budget * GIB))
 
     @property
     def selection(self) -> str:

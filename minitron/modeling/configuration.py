@@ -20,11 +20,24 @@ from minitron.errors import MinitronError
 from minitron.modeling.block_config import BlockConfig
 
 
+def parse_blocks(blocks) -> tuple[BlockConfig, ...]:
+    """``blocks`` (``BlockConfig`` objects or published dicts) as a tuple of ``BlockConfig``.
+
+    Raises:
+        MinitronError: On a block that is not a valid block config (names its index).
+    """
+    if isinstance(blocks, dict | str | bytes):
+        raise MinitronError("nemotron-nas config: block_configs must be a list of blocks")
+    return tuple(BlockConfig.from_dict(b, f"block_configs[{i}]") for i, b in enumerate(blocks))
+
+
 class DeciLMConfig(PreTrainedConfig):
     """Config of a nemotron-nas model: a Llama whose every layer has its own block config.
 
     ``block_configs`` may be given as dicts (published JSON) or ``BlockConfig`` objects;
-    it is stored as a tuple of ``BlockConfig``.
+    it is stored as a tuple of ``BlockConfig``, also when assigned after construction
+    (depth pruning writes back the kept layers' entries), so the model, its caches and
+    ``to_dict`` never see a plain dict.
     """
 
     model_type = "nemotron-nas"
@@ -64,15 +77,17 @@ class DeciLMConfig(PreTrainedConfig):
             )
         if self.block_configs is None:
             raise MinitronError("nemotron-nas config: block_configs is missing")
-        blocks = self.block_configs
-        self.block_configs = tuple(
-            BlockConfig.from_dict(b, f"block_configs[{i}]") for i, b in enumerate(blocks)
-        )
         super().__post_init__(**kwargs)
         self.intermediate_size = None
         self.num_key_value_heads = None
         self._check_base()
         self._check_blocks()
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        """Store ``block_configs`` as a tuple of ``BlockConfig`` however it is given."""
+        if key == "block_configs" and value is not None:
+            value = parse_blocks(value)
+        super().__setattr__(key, value)
 
     def _check_base(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -123,9 +138,7 @@ class DeciLMConfig(PreTrainedConfig):
             MinitronError: If a block is invalid or their number is not the layer count.
         """
         data = self.to_dict()
-        data["block_configs"] = [
-            BlockConfig.from_dict(b, f"block_configs[{i}]").to_dict() for i, b in enumerate(blocks)
-        ]
+        data["block_configs"] = [b.to_dict() for b in parse_blocks(blocks)]
         config = type(self).from_dict(data)
         config._attn_implementation = self._attn_implementation
         return config

@@ -9,11 +9,13 @@ Each edit changes the model in place and updates ``model.config.block_configs``:
   least squares on calibration activations;
 - ``attention_no_op`` / ``ffn_no_op``: the sub-block removed;
 - ``apply_block_configs``: a whole list of per-layer block configs, calibration
-  gathered in one pass; returns what was done to each layer.
+  gathered in one pass or, under a memory budget, several (``collect_statistics``,
+  ``CalibrationMemory``); returns what was done to each layer.
 """
 
-from minitron.nas.apply import apply_block_configs, plan_edits
+from minitron.nas.apply import apply_block_configs, apply_edits, plan_edits
 from minitron.nas.blocks import attention_no_op, ffn_no_op
+from minitron.nas.collect import CalibrationMemory, collect_statistics, plan_calibration
 from minitron.nas.ffn import ffn_channel_importance, narrow_ffn, resize_ffn
 from minitron.nas.kv import mean_kv_heads, reduce_kv_heads
 from minitron.nas.linear import (
@@ -26,9 +28,12 @@ from minitron.nas.linear import (
 from minitron.nas.params import count_parameters, layer_parameters, target_config
 
 __all__ = [
+    "CalibrationMemory",
     "apply_block_configs",
+    "apply_edits",
     "attention_no_op",
     "attention_to_linear",
+    "collect_statistics",
     "count_parameters",
     "ffn_channel_importance",
     "ffn_no_op",
@@ -37,6 +42,7 @@ __all__ = [
     "layer_parameters",
     "mean_kv_heads",
     "narrow_ffn",
+    "plan_calibration",
     "plan_edits",
     "reduce_kv_heads",
     "resize_ffn",

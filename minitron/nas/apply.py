@@ -2,9 +2,10 @@
 
 All edits are checked before any is made. The calibration statistics every edit needs
 (channel activity for narrower FFNs, normal equations for linear sub-blocks) are
-gathered from the unedited parent in ONE forward pass over the calibration batches,
-with hooks; then each layer is edited. Every layer's edit is thus initialised from
-the parent's own activations, as in Puzzle's blockwise setup.
+gathered from the unedited parent with hooks, in one forward pass over the calibration
+batches or, under a memory budget, in several (``minitron.nas.collect``); then each
+layer is edited. Every layer's edit is thus initialised from the parent's own
+activations, as in Puzzle's blockwise setup.
 """
 
 from __future__ import annotations
@@ -19,19 +20,11 @@ from torch import nn
 from minitron.errors import MinitronError
 from minitron.modeling import BlockConfig
 from minitron.nas.blocks import attention_no_op, ffn_no_op, nas_layer
-from minitron.nas.calibrate import (
-    RIDGE,
-    ChannelStats,
-    LinearFit,
-    hooks,
-    input_hook,
-    io_hook,
-    run_batches,
-)
+from minitron.nas.calibrate import RIDGE, SolvedFit
+from minitron.nas.collect import Calibration, CalibrationMemory, collect_statistics
 from minitron.nas.ffn import resize_ffn
 from minitron.nas.kv import reduce_kv_heads
 from minitron.nas.linear import set_linear_attention, set_linear_ffn
-from minitron.progress import progress
 
 KV_INIT = "mean of the parent K/V heads"
 FFN_INIT = "channels with the largest mean |act(gate)*up| on calibration data"
@@ -100,8 +93,11 @@ def apply_block_configs(
     blocks: Sequence[BlockConfig | dict],
     batches: Sequence[torch.Tensor],
     ridge: float = RIDGE,
+    memory: CalibrationMemory | None = None,
 ) -> list[dict[str, Any]]:
     """Edit every layer of a nemotron-nas ``model`` to ``blocks[layer]``. In place.
+
+    ``plan_edits``, then ``collect_statistics``, then ``apply_edits``.
 
     Args:
         model: A nemotron-nas causal LM (``llama_to_nas`` converts a Llama).
@@ -109,6 +105,8 @@ def apply_block_configs(
         batches: Calibration token ids, each ``[B, T]``; needed only by narrower FFNs
             and linear sub-blocks.
         ridge: Ridge strength of the linear fits (relative, see ``LinearFit.solve``).
+        memory: Where the calibration accumulators live and the most bytes one pass
+            may hold (default: on the CPU, one pass).
 
     Returns:
         One JSON-ready record per layer: before/after, each sub-block's edit and its
@@ -116,14 +114,25 @@ def apply_block_configs(
     """
     nas_layer(model, 0)
     edits = plan_edits(model.config, blocks)
-    stats = _collect(model, edits, batches)
+    return apply_edits(model, edits, collect_statistics(model, edits, batches, ridge, memory))
+
+
+def apply_edits(
+    model: nn.Module, edits: Sequence[Edit], calibration: Calibration
+) -> list[dict[str, Any]]:
+    """Make ``edits`` (from ``plan_edits``) with the statistics in ``calibration``. In place.
+
+    Returns:
+        One JSON-ready record per layer (see ``apply_block_configs``).
+    """
+    stats = calibration.results
     records = []
     for edit in edits:
         layers = model.model.layers
         before, params_before = model.config.block_configs[edit.layer], _params(layers[edit.layer])
         record: dict[str, Any] = {"layer": edit.layer, "before": before.describe()}
-        record["attention"] = _apply_attention(model, edit, before, stats, ridge)
-        record["ffn"] = _apply_ffn(model, edit, before, stats, ridge)
+        record["attention"] = _apply_attention(model, edit, before, stats)
+        record["ffn"] = _apply_ffn(model, edit, before, stats)
         record["after"] = model.config.block_configs[edit.layer].describe()
         record["params_before"] = params_before
         record["params_after"] = _params(layers[edit.layer])
@@ -131,32 +140,7 @@ def apply_block_configs(
     return records
 
 
-def _collect(model: nn.Module, edits: list[Edit], batches) -> dict[tuple[int, str], Any]:
-    """One pass over ``batches`` gathering what each edit needs, from the parent."""
-    stats: dict[tuple[int, str], Any] = {}
-    handles = []
-    for edit in edits:
-        layer = model.model.layers[edit.layer]
-        if edit.attention == "linear":
-            stats[edit.layer, "attention"] = fit = LinearFit()
-            handles.append(io_hook(layer.self_attn, fit.add))
-        if edit.ffn == "linear":
-            stats[edit.layer, "ffn"] = fit = LinearFit()
-            handles.append(io_hook(layer.mlp, fit.add))
-        elif edit.ffn == "resize":
-            stats[edit.layer, "ffn"] = channels = ChannelStats()
-            handles.append(input_hook(layer.mlp.down_proj, channels.add))
-    if not handles:
-        return stats
-    if not batches:
-        raise MinitronError("these edits need calibration data, and none was given")
-    last = max(layer for layer, _ in stats)
-    with hooks(handles), progress("calibrating", len(batches)) as advance:
-        run_batches(model, batches, last_layer=last, advance=advance)
-    return stats
-
-
-def _apply_attention(model, edit: Edit, before: BlockConfig, stats, ridge: float) -> dict:
+def _apply_attention(model, edit: Edit, before: BlockConfig, stats) -> dict:
     i, new = edit.layer, edit.block.attention
     if edit.attention == "keep":
         return {"edit": "keep"}
@@ -169,13 +153,12 @@ def _apply_attention(model, edit: Edit, before: BlockConfig, stats, ridge: float
         old_kv = heads // before.attention.n_heads_in_group
         new_kv = heads // new.n_heads_in_group
         return {"edit": "kv_heads", "from": old_kv, "to": new_kv, "init": KV_INIT}
-    fit: LinearFit = stats[i, "attention"]
-    weight = fit.solve(ridge)
-    set_linear_attention(model, i, weight)
-    return _linear_record(fit, weight, ridge)
+    fit: SolvedFit = stats[i, "attention"]
+    set_linear_attention(model, i, fit.weight)
+    return _linear_record(fit)
 
 
-def _apply_ffn(model, edit: Edit, before: BlockConfig, stats, ridge: float) -> dict:
+def _apply_ffn(model, edit: Edit, before: BlockConfig, stats) -> dict:
     i, new = edit.layer, edit.block.ffn
     if edit.ffn == "keep":
         return {"edit": "keep"}
@@ -184,7 +167,7 @@ def _apply_ffn(model, edit: Edit, before: BlockConfig, stats, ridge: float) -> d
         return {"edit": "no_op"}
     hidden = model.config.hidden_size
     if edit.ffn == "resize":
-        importance = stats[i, "ffn"].mean()
+        importance = stats[i, "ffn"]
         old_width = before.ffn.intermediate_size(hidden)
         width = new.intermediate_size(hidden)
         resize_ffn(model, i, new.ffn_mult, importance)
@@ -196,19 +179,18 @@ def _apply_ffn(model, edit: Edit, before: BlockConfig, stats, ridge: float) -> d
             "init": FFN_INIT if width < old_width else "all channels kept, new ones add zero",
             "activation_kept": round(float(kept), 6),
         }
-    fit: LinearFit = stats[i, "ffn"]
-    weight = fit.solve(ridge)
-    set_linear_ffn(model, i, weight)
-    return _linear_record(fit, weight, ridge)
+    fit: SolvedFit = stats[i, "ffn"]
+    set_linear_ffn(model, i, fit.weight)
+    return _linear_record(fit)
 
 
-def _linear_record(fit: LinearFit, weight: torch.Tensor, ridge: float) -> dict:
+def _linear_record(fit: SolvedFit) -> dict:
     return {
         "edit": "linear",
         "init": LINEAR_INIT,
-        "tokens": fit.count,
-        "ridge": ridge,
-        "relative_error": round(fit.relative_error(weight), 6),
+        "tokens": fit.tokens,
+        "ridge": fit.ridge,
+        "relative_error": round(fit.relative_error, 6),
     }
 
 

@@ -3,25 +3,46 @@
 Two accumulators, both streaming (memory independent of the number of tokens):
 - ``ChannelStats``: mean |activation| of each FFN intermediate channel, measured on
   ``act(gate(x)) * up(x)``, the input of ``down_proj`` (Minitron's activation importance);
+  ``I`` float64 sums;
 - ``LinearFit``: the normal equations of a least-squares map from a sub-block's input
-  (after its norm) to its output, in float64.
+  (after its norm) to its output, in float64: ``XᵀX`` and ``XᵀY``, ``2 · H² · 8`` bytes
+  for a hidden size ``H`` (1 GiB at H = 8192).
+
+Each takes ``device``, where its sums live: ``None`` keeps them on the activations'
+device; ``"cpu"`` computes each batch's products where the activations are and adds
+them into sums held in CPU memory, so the model's device holds only one batch's
+products at a time. The sums are updated in place: an accumulator's memory is its
+final size from its first batch on (``nbytes``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from minitron.modeling.modeling import DeciLMAttention
 
+FLOAT64_BYTES = 8
+
+
+def _accumulate(total: torch.Tensor | None, part: torch.Tensor, device) -> torch.Tensor:
+    """``total + part`` in place (``part`` moved to ``device`` first, when given)."""
+    if device is not None:
+        part = part.to(device)
+    if total is None:
+        return part
+    return total.add_(part)
+
 
 class ChannelStats:
     """Running mean of |x| per channel over all tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = device  # where the sums live; None: the activations' device
         self.total: torch.Tensor | None = None  # [I] float64
         self.count = 0
 
@@ -29,8 +50,23 @@ class ChannelStats:
         """Add activations ``[..., I]``."""
         flat = x.detach().reshape(-1, x.shape[-1])  # [N, I]
         part = flat.abs().sum(dim=0, dtype=torch.float64)
-        self.total = part if self.total is None else self.total + part
+        self.total = _accumulate(self.total, part, self.device)
         self.count += flat.shape[0]
+
+    @staticmethod
+    def bytes_for(channels: int) -> int:
+        """Bytes of the sums for ``channels`` channels."""
+        return channels * FLOAT64_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the sums hold now (0 before the first batch)."""
+        return 0 if self.total is None else self.total.nbytes
+
+    @property
+    def devices(self) -> set[str]:
+        """Devices the sums live on (empty before the first batch)."""
+        return set() if self.total is None else {str(self.total.device)}
 
     def mean(self) -> torch.Tensor:
         """``[I]`` mean |activation| per channel (float64, CPU)."""
@@ -46,10 +82,21 @@ class ChannelStats:
 RIDGE = 1e-2
 
 
+@dataclass(frozen=True)
+class SolvedFit:
+    """A finished least-squares fit: the weight and what the record says about it."""
+
+    weight: torch.Tensor  # [d_out, d_in], in the dtype asked for, on the CPU
+    relative_error: float
+    tokens: int
+    ridge: float
+
+
 class LinearFit:
     """Least squares ``y ≈ W x`` from streamed pairs, via float64 normal equations."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = device  # where the sums live; None: the activations' device
         self.xtx: torch.Tensor | None = None  # [d_in, d_in]
         self.xty: torch.Tensor | None = None  # [d_in, d_out]
         self.yty = 0.0  # sum of y², for the fit's relative error
@@ -59,11 +106,35 @@ class LinearFit:
         """Add inputs ``[..., d_in]`` and outputs ``[..., d_out]``."""
         xf = x.detach().reshape(-1, x.shape[-1]).double()  # [N, d_in]
         yf = y.detach().reshape(-1, y.shape[-1]).double()  # [N, d_out]
-        xtx, xty = xf.T @ xf, xf.T @ yf
-        self.xtx = xtx if self.xtx is None else self.xtx + xtx
-        self.xty = xty if self.xty is None else self.xty + xty
+        self.xtx = _accumulate(self.xtx, xf.T @ xf, self.device)
+        self.xty = _accumulate(self.xty, xf.T @ yf, self.device)
         self.yty += float((yf * yf).sum())
         self.count += xf.shape[0]
+
+    @staticmethod
+    def bytes_for(d_in: int, d_out: int) -> int:
+        """Bytes of the sums of a ``d_in -> d_out`` fit: ``(d_in² + d_in · d_out) · 8``."""
+        return (d_in * d_in + d_in * d_out) * FLOAT64_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the sums hold now (0 before the first batch)."""
+        return 0 if self.xtx is None else self.xtx.nbytes + self.xty.nbytes
+
+    @property
+    def devices(self) -> set[str]:
+        """Devices the sums live on (empty before the first batch)."""
+        return set() if self.xtx is None else {str(self.xtx.device), str(self.xty.device)}
+
+    def finish(self, ridge: float, dtype: torch.dtype) -> SolvedFit:
+        """Solve, measure the error, and return the weight as ``dtype`` on the CPU.
+
+        The float64 weight is rounded to ``dtype`` once, as copying it into a layer of
+        that dtype would; the error is that of the float64 weight.
+        """
+        weight = self.solve(ridge)
+        error = self.relative_error(weight)
+        return SolvedFit(weight.to(dtype), error, self.count, ridge)
 
     def solve(self, ridge: float = RIDGE) -> torch.Tensor:
         """The ``[d_out, d_in]`` float64 weight minimising ``Σ|y - W x|² + λ|W|²``.

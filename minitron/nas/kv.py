@@ -15,10 +15,18 @@ def mean_kv_heads(weight: torch.Tensor, num_heads: int, old_group: int, new_grou
 
     Query head ``h`` used parent K/V head ``h // old_group``; new K/V head ``j`` serves
     query heads ``j*new_group .. (j+1)*new_group - 1`` and starts as the mean, over those
-    query heads, of the parent head each used (Puzzle's initialisation). With
-    ``new_group`` a multiple of ``old_group`` that is the plain mean of
-    ``new_group // old_group`` parent heads; with fewer query heads per group than
-    before it copies parents (lossless).
+    query heads, of the parent head each used (Puzzle's initialisation):
+
+    - ``new_group`` a multiple of ``old_group`` (fewer K/V heads): the plain mean of
+      ``new_group // old_group`` parent heads;
+    - ``new_group`` dividing ``old_group`` (more K/V heads, e.g. 4 -> 2 query heads
+      per K/V head): all query heads of a new group used the same parent, whose copy
+      (the mean of equal rows, exact up to float rounding) it gets, so the layer
+      computes the same function (lossless);
+    - neither (e.g. 6 -> 4 of 12 heads): a new head can serve query heads of two
+      parents and is their mean weighted by query heads (``(p0 + p0 + p1 + p1) / 4``
+      for the middle head of that example), so the layer changes even though every
+      group got smaller.
 
     Args:
         weight: ``[old_kv * head_dim, ...]`` projection weight (or bias) rows.
@@ -42,9 +50,11 @@ def mean_kv_heads(weight: torch.Tensor, num_heads: int, old_group: int, new_grou
 def reduce_kv_heads(model: nn.Module, layer: int, n_heads_in_group: int) -> None:
     """Give attention layer ``layer`` ``heads // n_heads_in_group`` K/V heads. In place.
 
-    Each new K/V head is the mean of the parent heads it replaces (``mean_kv_heads``);
-    queries and the output projection are kept as they are. No calibration data is
-    needed. ``model.config.block_configs[layer]`` is updated.
+    Each new K/V head is the mean of the parent heads its query heads used
+    (``mean_kv_heads``); queries and the output projection are kept as they are. The
+    layer's function is unchanged only when the new group size divides the old one
+    (each new head then copies one parent); any other change averages heads. No
+    calibration data is needed. ``model.config.block_configs[layer]`` is updated.
 
     Raises:
         MinitronError: If the layer has no softmax attention or the group size does not
