@@ -92,3 +92,18 @@ def test_importance_config_checks_block_size():
     with pytest.raises(MinitronError, match="block_size must be at least 1"):
         parse_config(ImportanceConfig, {"block_size": 0})
     assert parse_config(ImportanceConfig, {}).model == "smollm2-135m"
+
+
+def test_every_choice_list_error_names_a_wrong_type():
+    """metric, nas rule kinds and Literal config fields all say when the type is wrong."""
+    from minitron.commands.importance import check_metric
+    from minitron.nas.rules import _kind
+
+    with pytest.raises(MinitronError, match=r"\(got 3, an integer where a string is expected\)"):
+        check_metric(3)
+    with pytest.raises(
+        MinitronError, match=r"attention must be one of keep, no_op, linear \(got 4, an"
+    ):
+        _kind({"attention": 4}, "attention", (), "rules[0]")
+    with pytest.raises(MinitronError, match=r"must be one of keep, no_op, linear \(got 'drop'\)$"):
+        _kind({"attention": "drop"}, "attention", (), "rules[0]")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from minitron.config import DataConfig, Device, Dtype, config_to_dict
+from minitron.config import DataConfig, Device, Dtype, choice_error, config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.importance import METRICS, ImportanceResult, check_block_size, compute_importance
@@ -30,11 +30,11 @@ Metric = str  # "bi", "angular", "loss" or "task:<lm-eval task>"
 
 def check_metric(metric: str, key: str = "metric") -> None:
     """Accept ``bi``, ``angular``, ``loss`` or ``task:<name>``; else a one-line error."""
-    if metric in METRICS or (metric.startswith("task:") and metric.removeprefix("task:").strip()):
+    if isinstance(metric, str) and (
+        metric in METRICS or (metric.startswith("task:") and metric.removeprefix("task:").strip())
+    ):
         return
-    raise MinitronError(
-        f"{key} must be one of {', '.join(METRICS)} or task:<lm-eval task> (got {metric!r})"
-    )
+    raise choice_error(key, metric, [*METRICS, "task:<lm-eval task>"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from minitron.config import choice_error
 from minitron.errors import MinitronError
 from minitron.modeling import AttentionConfig, BlockConfig, DeciLMConfig, FFNConfig
 
@@ -115,8 +116,8 @@ def resolve_rules(parent: DeciLMConfig, rules: Sequence[Any]) -> list[BlockConfi
 
 def _kind(rule: dict, key: str, options: tuple[str, ...], where: str) -> str:
     kind = rule.get(key, "keep")
-    if kind not in KINDS:
-        raise MinitronError(f"{where}: {key} must be one of {', '.join(KINDS)} (got {kind!r})")
+    if kind not in KINDS or not isinstance(kind, str):
+        raise choice_error(f"{where}: {key}", kind, KINDS)
     for option in options:
         if option in rule and kind != "keep":
             raise MinitronError(f"{where}: {option} needs {key}: keep (got {key}: {kind})")
