@@ -19,6 +19,7 @@ from torch import nn
 from minitron.config import DataConfig, Dtype
 from minitron.distill.data import Layout, passes_needed
 from minitron.distill.precision import (
+    AS_SET,
     Precision,
     convert_fp8,
     resolve_precision,
@@ -339,10 +340,6 @@ def run_distill(
     work = check_inputs(config, output, overwrite, resume)
     recipe = dataclasses.asdict(config)
     config, precision_reason = with_precision(config)
-    if is_primary():
-        from minitron.progress import console
-
-        console.print(f"precision: {config.precision} ({precision_reason})", highlight=False)
     teacher, student, tokenizer = load_pair(config)
     dtype = saved_dtype(student, config.student)
     data = load_text_data(config.data, tokenizer)
@@ -356,10 +353,13 @@ def run_distill(
         config, teacher, student, data.calibration, data.heldout, trainer.world_size
     )
     note = wrap_note(len(data.calibration), config, module.layout)
-    if note and trainer.is_global_zero:
+    if trainer.is_global_zero:
         from minitron.progress import console
 
-        console.print(f"[yellow]note:[/] {note}")
+        if precision_reason != AS_SET:  # chosen by auto, or forced bf16 that is emulated here
+            console.print(f"precision: {config.precision} ({precision_reason})", highlight=False)
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
     fit(trainer, module, work, resume)
     state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP
     if not trainer.is_global_zero:

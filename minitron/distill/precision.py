@@ -17,6 +17,7 @@ from torch import nn
 from minitron.errors import MinitronError
 
 Precision = Literal["auto", "bf16-mixed", "32", "fp8"]
+AS_SET = "as the recipe sets it"  # the reason of any precision but auto
 
 
 def resolve_precision(
@@ -35,7 +36,7 @@ def resolve_precision(
             ``minitron.hardware``.
     """
     if precision != "auto":
-        return precision, "as the recipe sets it"
+        return precision, AS_SET
     if bf16_native is None:
         from minitron.hardware import cpu_bf16_native, cuda_bf16_native
 
