@@ -14,6 +14,7 @@ interpreter's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -29,11 +30,15 @@ from pathlib import Path
 
 import pytest
 
+from minitron.commands.eval import EvalConfig, run_eval
+from minitron.config import parse_config
 from minitron.errors import MinitronError
 from minitron.eval import isolation
 from minitron.eval.code import Limits, allow_code_execution, run_program
 from tests.conftest import save_tiny_checkpoint
 from tests.test_cli import MINITRON, assert_user_error
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval_tasks"
 
 PROBLEM = isolation.sandbox_problem()
 needs_sandbox = pytest.mark.skipif(
@@ -439,26 +444,51 @@ def _minitron_without_namespaces(*args):
     return subprocess.run(command, env=env, capture_output=True, text=True)
 
 
-def test_cli_refuses_code_tasks_in_one_line_without_a_sandbox_unless_told(tmp_path):
+def _code_task_config(tiny: Path, **flags: bool) -> EvalConfig:
+    """``minitron eval TINY --tasks tiny_code --limit 1 [--allow-code-execution ...]``."""
+    settings = {"models": [str(tiny)], "tasks": ["tiny_code"], "limit": 1}
+    settings["include_path"] = [str(FIXTURES)]
+    return parse_config(EvalConfig, settings | flags)
+
+
+def test_cli_refuses_code_tasks_in_one_line_without_a_sandbox(tmp_path):
+    """The one test here that starts ``minitron`` (tens of seconds): the refusal as
+    users meet it. The rest of the command's logic is tested in-process below."""
     tiny = save_tiny_checkpoint(tmp_path / "tiny")
     out = tmp_path / "out"
-    fixtures = Path(__file__).parent / "fixtures" / "eval_tasks"
-    args = ["eval", tiny, "--tasks", "tiny_code", "--include-path", fixtures, "--limit", 1]
-    args += ["--output", out, "--allow-code-execution"]
-    refused = _minitron_without_namespaces(*args)
+    args = ["eval", tiny, "--tasks", "tiny_code", "--include-path", FIXTURES, "--limit", 1]
+    refused = _minitron_without_namespaces(*args, "--output", out, "--allow-code-execution")
     assert_user_error(refused, "this system cannot create one (unshare: ")
     assert isolation.UNSAFE_FLAG in refused.stderr
     assert not out.exists()
-    unsafe = _minitron_without_namespaces(*args, "--unsafe-code-execution-without-sandbox")
-    assert unsafe.returncode == 0, unsafe.stderr
-    assert "this system cannot make the OS sandbox" in " ".join(unsafe.stderr.split())
-    assert (out / "results.json").exists()
 
 
-def test_cli_unsafe_flag_alone_is_one_line_and_exit_code_2(tmp_path):
-    unsafe_alone = subprocess.run(
-        [MINITRON, "eval", "--tasks", "tiny_code", isolation.UNSAFE_FLAG, "--output",
-         tmp_path / "out"], capture_output=True, text=True,
-    )  # fmt: skip
-    assert_user_error(unsafe_alone, f"{isolation.UNSAFE_FLAG} needs --allow-code-execution")
-    assert not (tmp_path / "out").exists()
+def test_the_unsafe_flag_runs_code_tasks_uncontained_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(isolation, "sandbox_problem", lambda: "unshare: Operation not permitted")
+    contained = []
+    program_command = isolation.program_command
+
+    def spy(*args, **kwargs):
+        contained.append(args[4] if len(args) > 4 else kwargs.get("contained", True))
+        return program_command(*args, **kwargs)
+
+    monkeypatch.setattr(isolation, "program_command", spy)
+    tiny = save_tiny_checkpoint(tmp_path / "tiny")
+    config = _code_task_config(tiny, allow_code_execution=True)
+    with pytest.raises(MinitronError, match="cannot create one") as refused:
+        run_eval(config, tmp_path / "refused")
+    assert "\n" not in str(refused.value) and isolation.UNSAFE_FLAG in str(refused.value)
+    assert not (tmp_path / "refused").exists() and contained == []
+    unsafe = dataclasses.replace(config, unsafe_code_execution_without_sandbox=True)
+    record = run_eval(unsafe, tmp_path / "out")
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "this system cannot make the OS sandbox (unshare: Operation not permitted)" in warning
+    assert contained == [False]  # the one program ran, without the sandbox
+    assert record["models"][0]["tasks"]["tiny_code"]["samples"] == 1
+    assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_the_unsafe_flag_alone_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(MinitronError) as refused:
+        _code_task_config(tmp_path / "tiny", unsafe_code_execution_without_sandbox=True)
+    assert str(refused.value) == f"{isolation.UNSAFE_FLAG} needs --allow-code-execution"
