@@ -9,19 +9,26 @@ Three processes, each waiting for the next and passing its exit status on:
 - *outside* (this one, the caller's ids): forks *inside*, then writes its user
   and group maps (a process cannot map more than its own id itself);
 - *inside*: new user, mount, PID, network, IPC and UTS namespaces; forks *init*;
-- *init*: PID 1 of the new PID namespace. It mounts a fresh ``/proc``, remounts
-  every mount read-only (and nosuid), mounts a small tmpfs on the working folder
-  (the one place it can write), forbids new user namespaces, drops to an id with
-  no capabilities, blocks ``execve`` and sockets with seccomp, sets rlimits and runs the
-  program (``_sandbox.run``). When PID 1 ends, the kernel kills every process
+- *init*: PID 1 of the new PID namespace. It builds a new root (a small tmpfs)
+  holding only, bound at their own paths, ``/usr``, ``/bin``, ``/sbin``, ``/lib*``,
+  ``/etc``, the Python it runs on (its import path and its library folder),
+  ``/dev/{null,zero,full,random,urandom}`` and a fresh ``/proc``, and pivots into it:
+  nothing else of the machine is reachable. It remounts every mount read-only (and
+  nosuid), mounts a small tmpfs on the working folder (the one place it can
+  write), forbids new user namespaces, drops to an id with no capabilities at all,
+  blocks ``execve`` and sockets with seccomp, sets rlimits and runs the program
+  (``_sandbox.run``). When PID 1 ends, the kernel kills every process
   left in its namespace, ``setsid`` or not. At the time limit the outside
   process kills PID 1 and waits until the namespace is empty; each process also
   has the parent-death signal, so killing the outside process kills the rest.
 
 Started as root, the program runs as uid 65534 (``RLIMIT_NPROC`` does not apply
-to uid 0) that keeps only ``CAP_DAC_READ_SEARCH`` (to read the interpreter,
-which may lie in root's home). Any setup failure ends the run with exit code
-125 and one line ``minitron sandbox setup: ...`` on stderr: nothing runs then.
+to uid 0); started as another user, as that user (uid 0 inside). Either way it
+has no capabilities, so file permissions apply to it in full: the Python it runs
+on must be readable by it, which is checked before it runs (pyenv's folders under
+a 0700 ``/root`` are fine: the new root's own folders lead to them). Any setup
+failure ends the run with exit code 125 and one line ``minitron sandbox setup: ...``
+on stderr: nothing runs then.
 """
 
 import contextlib
@@ -30,6 +37,7 @@ import importlib.util
 import os
 import select
 import signal
+import stat
 import sys
 
 SETUP_FAILED = 125
@@ -40,9 +48,12 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_SET_SECCOMP = 1, 8, 22
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
-CAP_DAC_READ_SEARCH = 2
+MNT_DETACH = 2
+PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 22, 24, 38
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}  # system call numbers (glibc has no wrapper)
+# What the new root holds besides the Python installation (each where it exists).
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+DEVICES = ("null", "zero", "full", "random", "urandom")
 # seccomp: audit arch and (execve, execveat, socket, io_uring_setup) per machine;
 # machines not listed are refused.
 SECCOMP_ARCH = {
@@ -184,8 +195,12 @@ def _contain(root_started):
     folder = os.getcwd()
     with open("program.py", encoding="utf-8") as handle:
         source = handle.read()
+    runner = _load_runner()  # while the minitron package is still in view
+    python = _python_paths()
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _build_root(folder, python)
+    os.chdir(folder)  # the new root, mounted on the folder
+    _pivot_root()
     _write("/proc/sys/user/max_user_namespaces", "0")
     _remount_all_read_only()
     owner = NOBODY if root_started else 0
@@ -195,11 +210,98 @@ def _contain(root_started):
     with open("program.py", "w", encoding="utf-8") as handle:
         handle.write(source)
     os.chown("program.py", owner, owner)
-    runner = _load_runner()  # before dropping privileges: it may lie in an unreadable folder
     _drop_privileges(root_started)
     _prctl("prctl(PDEATHSIG)", PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the uid change
+    _check_readable(python)
     _install_seccomp()
     return runner
+
+
+def _python_paths():
+    """What the interpreter reads once running: its import path (``-I -S``: the
+    standard library, its zip, ``lib-dynload``) and its installation's library folder
+    (the libraries of ``lib-dynload``'s modules, ``libpython``). Existing ones only."""
+    paths = [p for p in sys.path if p]
+    for prefix in dict.fromkeys((sys.base_prefix, sys.base_exec_prefix)):
+        if os.path.dirname(prefix) != prefix:  # never the whole filesystem
+            paths.append(os.path.join(prefix, sys.platlibdir))
+    found = [os.path.abspath(p) for p in paths if os.path.exists(p)]
+    found += [os.path.realpath(p) for p in found]  # where a link leads, too
+    return sorted(dict.fromkeys(found), key=len)  # parents before what they hold
+
+
+def _build_root(new, python):
+    """Mount a tmpfs on ``new`` (the working folder) and bind into it, at their own
+    paths, only what the program needs: the system (``SYSTEM``), the Python it runs
+    on, a few devices, a fresh ``/proc``; and make an empty working folder in it."""
+    _mount("minitron-root", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=755")
+    device = os.stat(new).st_dev
+    for path in SYSTEM:
+        if os.path.islink(path):  # /bin -> usr/bin on a merged /usr
+            os.symlink(os.readlink(path), new + path)
+        elif os.path.isdir(path):
+            _bind(path, new, device)
+    for path in python:
+        _bind(path, new, device)
+    if not _make_dir(new, new, device):
+        raise SetupError(f"the working folder {new} lies in a folder the program sees")
+    for path in ("/tmp", "/dev/shm", "/proc"):
+        _make_dir(new, path, device)
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            os.close(os.open(f"{new}/dev/{name}", os.O_CREAT | os.O_WRONLY, 0o644))
+            _mount(f"/dev/{name}", f"{new}/dev/{name}", None, MS_BIND)
+    _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _make_dir(new, path, device):
+    """Make ``new + path`` as folders of the new root's own tmpfs; False where a part of
+    it is anything else (a mount, a link), so that nothing is ever made through a bind."""
+    current = new
+    for part in path.strip("/").split("/"):
+        current = os.path.join(current, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current, 0o755)
+        info = os.lstat(current)
+        if not stat.S_ISDIR(info.st_mode) or info.st_dev != device:
+            return False
+    return True
+
+
+def _bind(path, new, device):
+    """Bind ``path`` (a folder or a file) at the same path in the new root, unless
+    something bound before already holds it."""
+    if os.path.isdir(path):
+        if not _make_dir(new, path, device):
+            return
+    else:
+        parent, name = os.path.split(path)
+        if not _make_dir(new, parent, device) or os.path.lexists(new + path):
+            return
+        os.close(os.open(new + path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
+    _mount(path, new + path, None, MS_BIND | MS_REC)
+
+
+def _pivot_root():
+    """Make the current folder the root and detach the old one, with all it held."""
+    machine = os.uname().machine
+    if machine not in PIVOT_ROOT:
+        raise SetupError(f"no pivot_root for {machine}")
+    _call("pivot_root", _libc.syscall(ctypes.c_long(PIVOT_ROOT[machine]), b".", b"."))
+    _call("umount the old root", _libc.umount2(b".", MNT_DETACH))
+    os.chdir("/")
+
+
+def _check_readable(python):
+    """Without capabilities, the program must still be able to import its standard library."""
+    for path in python:
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                os.close(os.open(path, os.O_RDONLY))
+        except OSError as err:
+            raise SetupError(f"the program cannot read its Python ({err})") from err
 
 
 def _mount_points():
@@ -228,20 +330,18 @@ def _remount_all_read_only():
 
 
 def _drop_privileges(root_started):
-    """Become a user with no capabilities (but reading, when started by root)."""
+    """Become a user with no capabilities: none effective, permitted, inheritable,
+    ambient or in the bounding set."""
     with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
         last_cap = int(handle.read())
     for cap in range(last_cap + 1):
         _prctl("prctl(CAPBSET_DROP)", PR_CAPBSET_DROP, cap)
-    keep = 0
     if root_started:
         os.setgroups([])
-        _prctl("prctl(KEEPCAPS)", PR_SET_KEEPCAPS, 1)
         os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
-        keep = 1 << CAP_DAC_READ_SEARCH
+        os.setresuid(NOBODY, NOBODY, NOBODY)  # clears the capabilities (no KEEPCAPS)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)(keep, keep, 0, 0, 0, 0)  # effective, permitted, inheritable
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: none (clears ambient)
     _call("capset", _libc.capset(header, data))
 
 

@@ -6,9 +6,10 @@ in a fresh, isolated Python process (``python -I -S -B``, an empty environment)
 that the kernel contains (``minitron/eval/_jail.py``):
 
 - its own user, mount, PID, network, IPC and UTS namespaces;
-- every mount read-only except a 64 MiB tmpfs working folder (its ``HOME`` and
-  ``TMPDIR``); no new user namespaces; no capabilities; seccomp refuses ``execve``
-  and sockets;
+- its own root, holding only the system (``/usr``, ``/etc``, ...) and the Python it
+  runs on; every mount read-only except a 64 MiB tmpfs working folder (its ``HOME``
+  and ``TMPDIR``); no new user namespaces; no capabilities at all; seccomp refuses
+  ``execve`` and sockets;
 - rlimits: processes, address space, CPU seconds, file size, no core dumps;
 - at the time limit its whole PID namespace is killed, children included;
 - and, as defense in depth, an audit hook (``_sandbox.py``) that refuses writes

@@ -1,12 +1,13 @@
 """Whether this system can contain generated programs, and the command that runs one.
 
 Contained (the default), a program runs under ``_jail.py``: its own user, mount,
-PID and network namespaces, a read-only filesystem but a throwaway tmpfs,
-seccomp against ``execve``, rlimits, and the whole PID namespace killed at the
-time limit. Whether the kernel lets this user do that is probed once per process
-by running an empty program that way. Where it cannot, code tasks are refused
-unless the user gives up containment with ``--unsafe-code-execution-without-sandbox``;
-programs then run under ``_sandbox.py`` alone (rlimits and an audit hook).
+PID and network namespaces, a read-only root holding only the system and its
+Python but a throwaway tmpfs, no capabilities, seccomp against ``execve``, rlimits,
+and the whole PID namespace killed at the time limit. Whether the kernel lets this
+user do that is probed once per process by running an empty program that way.
+Where it cannot, code tasks are refused unless the user gives up containment with
+``--unsafe-code-execution-without-sandbox``; programs then run under
+``_sandbox.py`` alone (rlimits and an audit hook).
 """
 
 from __future__ import annotations
