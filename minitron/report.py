@@ -24,8 +24,9 @@ from minitron.errors import MinitronError
 
 FILES = ("prune.json", "distill.json", "results.json", "bench.json")
 # lm-eval metrics reported as fractions in [0, 1]; shown as percent like the model cards
-FRACTION_METRICS = ("acc", "exact_match", "pass@", "mc1", "mc2", "f1", "em")
+FRACTION_METRICS = ("acc", "exact_match", "pass@", "pass_at", "mc1", "mc2", "f1", "em")
 ROLES = ("parent", "pruned", "student", "distilled")  # row order; other models follow
+PAPER = "paper"  # the role of a published model's row (a preset's numbers); rows last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +76,8 @@ class Report:
     distill_runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def ordered_rows(self) -> list[Row]:
-        """Parent, pruned, student, distilled, then the other models as first seen."""
-        rank = {role: i for i, role in enumerate(ROLES)}
+        """Parent, pruned, student, distilled, the other models as first seen, then papers."""
+        rank = {role: i for i, role in enumerate(ROLES)} | {PAPER: len(ROLES) + 1}
         rows = list(self.rows.values())
         return sorted(rows, key=lambda r: rank.get(r.role, len(ROLES)))
 
@@ -232,7 +233,29 @@ def _add_eval(report: Report, data: dict[str, Any], path: Path) -> None:
                 report.put(row, f"{task} %", data, path, *at, "value", scale=100.0, digits=1)
             else:
                 report.put(row, f"{task} ({metric})", data, path, *at, "value", digits=4)
-            report.put(row, f"{task} card %", data, path, *at, "published")
+    _add_published(report, data, path)
+
+
+def _add_published(report: Report, data: dict[str, Any], path: Path) -> None:
+    """A preset's published numbers as rows of their own: ``paper: <parent>``, ``paper: <model>``.
+
+    Each number sits in the task's percent column (it is stored in percent: scale 1),
+    read from the first model entry that carries it.
+    """
+    info = data.get("published") or {}
+    fallback = f"preset {data['preset']}" if data.get("preset") else "preset"
+    whose = (("published_parent", info.get("parent")), ("published", info.get("model") or fallback))
+    for key, name in whose:
+        if not name:
+            continue
+        for i, entry in enumerate(data["models"]):
+            for task, result in (entry.get("tasks") or {}).items():
+                value = result.get(key)
+                if value is None or not str(result.get("metric", "")).startswith(FRACTION_METRICS):
+                    continue
+                row = report.row(f"paper: {name}", role=PAPER)
+                if f"{task} %" not in row.cells:
+                    report.put(row, f"{task} %", data, path, "models", i, "tasks", task, key)
 
 
 def _add_bench(report: Report, data: dict[str, Any], path: Path) -> None:
@@ -283,7 +306,7 @@ def _column_rank(column: str) -> int:
 
 
 def ordered_columns(report: Report) -> list[str]:
-    """Sizes, perplexities, task scores (each beside its card number), then throughput."""
+    """Sizes, perplexities, task scores, then throughput."""
     return sorted(report.columns, key=_column_rank)
 
 
@@ -307,7 +330,8 @@ def to_markdown(report: Report, plots: list[str]) -> str:
         "",
         "Every number above is read from a JSON file written by a minitron command, never "
         "recomputed; `report.json` gives each cell's file and JSON pointer. Scores (`%`) are "
-        "lm-eval's fractions × 100; `card %` is the model card's published number; "
+        "lm-eval's fractions × 100; `paper:` rows are a preset's published numbers "
+        "(already in percent); "
         "`bf16 GiB` is bytes / 2^30; `KV KiB/token` is bytes / 1024. — means no file "
         "gave that number.",
         "",

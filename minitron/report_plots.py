@@ -24,7 +24,7 @@ _COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 def _task_columns(report: Report) -> list[str]:
     """The percent score columns (other metrics are not on a comparable scale)."""
-    return [c for c in report.columns if c.endswith(" %") and not c.endswith(" card %")]
+    return [c for c in report.columns if c.endswith(" %")]
 
 
 def _score(row: Row, column: str) -> float | None:

@@ -50,18 +50,21 @@ def make_runs(root: Path) -> dict[str, Path]:
         return {
             "model": model, "params": params,
             "tasks": {
-                "hellaswag": {"metric": "acc_norm", "value": hs, "stderr": 0.01,
-                              "num_fewshot": 0, "samples": 100, "published": 73.2},
-                "winogrande": {"metric": "acc", "value": wg, "stderr": 0.02,
-                               "num_fewshot": 0, "samples": 100, "published": None},
+                "hellaswag": {"metric": "acc_norm", "value": hs, "stderr": 0.01, "num_fewshot": 10,
+                              "samples": 100, "published": 73.2, "published_parent": 81.8},
+                "winogrande": {"metric": "acc", "value": wg, "stderr": 0.02, "num_fewshot": 5,
+                               "samples": 100, "published": 72.1, "published_parent": None},
                 "wikitext": {"metric": "word_perplexity", "value": ppl * 1.37, "stderr": None,
-                             "num_fewshot": 0, "samples": 10, "published": None},
+                             "num_fewshot": 0, "samples": 10, "published": None,
+                             "published_parent": None},
             },
             "perplexity": {"data": "stdlib", "value": ppl, "tokens": 4096},
         }  # fmt: skip
 
     write(root / "eval" / "results.json", {
-        "kind": "eval", "preset": None, "limit": 100, "minitron_version": "0.1.0",
+        "kind": "eval", "preset": "minitron-4b", "limit": 100, "minitron_version": "0.1.0",
+        "published": {"model": "nvidia/Llama-3.1-Minitron-4B-Depth-Base",
+                      "parent": "meta-llama/Llama-3.1-8B", "source": "arXiv 2408.11796"},
         "models": [scores(0.4123, 0.5678, 21.9, PARAMS, PARENT),
                    scores(0.2871, 0.5012, 97.35, PRUNED_PARAMS, str(pruned)),
                    scores(0.3349, 0.5236, 50.77, PRUNED_PARAMS, str(distilled))],
@@ -100,8 +103,10 @@ def value_at(data, key: str):
     return data
 
 
-def expected_scale(column: str) -> float:
-    if column.endswith(" %") and not column.endswith("card %"):
+def expected_scale(column: str, key: str) -> float:
+    if key.endswith(("/published", "/published_parent")):
+        return 1.0  # results.json stores published numbers in percent
+    if column.endswith(" %"):
         return 100.0
     return {"bf16 GiB": 2.0**-30, "KV KiB/token": 1 / 1024}.get(column, 1.0)
 
@@ -118,7 +123,7 @@ def check_every_number(out: Path) -> int:
                 assert column not in row["cells"]
                 continue
             source = row["cells"][column]
-            assert source["scale"] == expected_scale(column), column
+            assert source["scale"] == expected_scale(column, source["key"]), column
             stored = value_at(json.loads(Path(source["file"]).read_text()), source["key"])
             shown = float(text.replace(",", ""))
             decimals = len(text.partition(".")[2])
@@ -136,12 +141,16 @@ def test_report_of_a_demo_run(tmp_path):
     out = tmp_path / "report"
     result = minitron("report", tmp_path / "runs", "--output", out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # sizes 3 x 4, prune ppl 2, distill 3 + 1, eval 3 x 5, bench 3 x 6
-    assert check_every_number(out) == 12 + 2 + 4 + 15 + 18
+    # sizes 3 x 4, prune ppl 2, distill 3 + 1, eval 3 x 4, bench 3 x 6, published 2 + 1
+    assert check_every_number(out) == 12 + 2 + 4 + 12 + 18 + 3
     record = json.loads((out / "report.json").read_text())
-    rows = {row["role"]: row for row in record["rows"]}
-    assert [r["role"] for r in record["rows"]] == ["parent", "pruned", "distilled"]
-    assert [r["model"] for r in record["rows"]] == [PARENT, "runs/pruned", "runs/distilled"]
+    rows = {row["model"] if row["role"] == "paper" else row["role"]: row for row in record["rows"]}
+    roles = [r["role"] for r in record["rows"]]
+    assert roles == ["parent", "pruned", "distilled", "paper", "paper"]
+    assert [r["model"] for r in record["rows"]] == [
+        PARENT, "runs/pruned", "runs/distilled",
+        "paper: meta-llama/Llama-3.1-8B", "paper: nvidia/Llama-3.1-Minitron-4B-Depth-Base",
+    ]  # fmt: skip
     assert rows["pruned"]["cells"]["params"] == {
         "text": "99,114,048", "value": PRUNED_PARAMS, "scale": 1.0,
         "file": str((runs["pruned"] / "prune.json").resolve()), "key": "/params_after",
@@ -152,9 +161,17 @@ def test_report_of_a_demo_run(tmp_path):
     assert cells["pruned"]["val ppl (distill)"] == "164.02"
     assert cells["distilled"]["val ppl (distill)"] == "49.90"
     assert cells["distilled"]["hellaswag %"] == "33.5" and cells["pruned"]["winogrande %"] == "50.1"
-    assert cells["parent"]["hellaswag card %"] == "73.2"
+    paper, paper_parent = (
+        cells[f"paper: {name}"] for name in ("nvidia/Llama-3.1-Minitron-4B-Depth-Base",
+                                            "meta-llama/Llama-3.1-8B")
+    )  # fmt: skip
+    assert paper == {"hellaswag %": "73.2", "winogrande %": "72.1"}
+    assert paper_parent == {"hellaswag %": "81.8"}  # no published parent number for winogrande
+    assert rows["paper: meta-llama/Llama-3.1-8B"]["cells"]["hellaswag %"]["key"] == (
+        "/models/0/tasks/hellaswag/published_parent"
+    )
     assert cells["pruned"]["wikitext (word_perplexity)"] == f"{97.35 * 1.37:.4f}"
-    assert "winogrande card %" not in record["columns"]  # no card number anywhere
+    assert not [c for c in record["columns"] if "card" in c]  # published numbers are rows
     assert cells["distilled"]["speed-up b1_t128"] == "1.43"
     assert cells["parent"]["bf16 GiB"] == "0.251" and cells["pruned"]["KV KiB/token"] == "15.0"
     assert record["plots"] == [
