@@ -24,8 +24,9 @@ from minitron.errors import MinitronError
 
 FILES = ("prune.json", "distill.json", "results.json", "bench.json")
 # lm-eval metrics reported as fractions in [0, 1]; shown as percent like the model cards
-FRACTION_METRICS = ("acc", "exact_match", "pass@", "mc1", "mc2", "f1", "em")
+FRACTION_METRICS = ("acc", "exact_match", "pass@", "pass_at", "mc1", "mc2", "f1", "em")
 ROLES = ("parent", "pruned", "student", "distilled")  # row order; other models follow
+PAPER = "paper"  # the role of a published model's row (a preset's numbers); rows last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Cell:
         key: JSON pointer into that file, e.g. ``/models/0/tasks/hellaswag/value``.
         scale: Display factor (100 for fractions shown as percent, 2**-30 for GiB).
         digits: Decimals shown; ``None`` shows the stored value as it is.
+        stderr: The value's standard error as stored in ``file`` (same scale), or None.
+        stderr_key: JSON pointer of ``stderr`` in ``file``.
     """
 
     value: int | float
@@ -45,12 +48,17 @@ class Cell:
     key: str
     scale: float = 1.0
     digits: int | None = None
+    stderr: float | None = None
+    stderr_key: str | None = None
 
     @property
     def text(self) -> str:
         if self.digits is None:
             return f"{self.value:,}" if isinstance(self.value, int) else str(self.value)
-        return f"{self.value * self.scale:,.{self.digits}f}"
+        text = f"{self.value * self.scale:,.{self.digits}f}"
+        if self.stderr is not None:
+            text += f" ± {self.stderr * self.scale:,.{self.digits}f}"
+        return text
 
 
 @dataclasses.dataclass
@@ -75,8 +83,8 @@ class Report:
     distill_runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def ordered_rows(self) -> list[Row]:
-        """Parent, pruned, student, distilled, then the other models as first seen."""
-        rank = {role: i for i, role in enumerate(ROLES)}
+        """Parent, pruned, student, distilled, the other models as first seen, then papers."""
+        rank = {role: i for i, role in enumerate(ROLES)} | {PAPER: len(ROLES) + 1}
         rows = list(self.rows.values())
         return sorted(rows, key=lambda r: rank.get(r.role, len(ROLES)))
 
@@ -89,12 +97,22 @@ class Report:
         return row
 
     def put(self, row: Row, column: str, data: dict[str, Any], file: Path, *path: Any,
-            scale: float = 1.0, digits: int | None = None) -> None:  # fmt: skip
-        """Set ``row[column]`` to ``data[path...]`` when that value is a number."""
+            scale: float = 1.0, digits: int | None = None,
+            stderr: tuple[Any, ...] | None = None) -> None:  # fmt: skip
+        """Set ``row[column]`` to ``data[path...]`` when that value is a number.
+
+        ``stderr``: the path of the value's standard error in ``data``, kept with the
+        cell when it is a number there.
+        """
         value = lookup(data, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
-        cell = Cell(value, str(file), pointer(path), scale, digits)
+        error = lookup(data, stderr) if stderr else None
+        keep = isinstance(error, (int, float)) and not isinstance(error, bool)
+        cell = Cell(
+            value, str(file), pointer(path), scale, digits,
+            error if keep else None, pointer(stderr) if keep and stderr else None,
+        )  # fmt: skip
         if column not in self.columns:
             self.columns.append(column)
         kept = row.cells.setdefault(column, cell)
@@ -229,10 +247,34 @@ def _add_eval(report: Report, data: dict[str, Any], path: Path) -> None:
             at = ("models", i, "tasks", task)
             metric = str(result.get("metric", ""))
             if metric.startswith(FRACTION_METRICS):
-                report.put(row, f"{task} %", data, path, *at, "value", scale=100.0, digits=1)
+                report.put(row, f"{task} %", data, path, *at, "value", scale=100.0, digits=1,
+                           stderr=(*at, "stderr"))  # fmt: skip
             else:
-                report.put(row, f"{task} ({metric})", data, path, *at, "value", digits=4)
-            report.put(row, f"{task} card %", data, path, *at, "published")
+                report.put(row, f"{task} ({metric})", data, path, *at, "value", digits=4,
+                           stderr=(*at, "stderr"))  # fmt: skip
+    _add_published(report, data, path)
+
+
+def _add_published(report: Report, data: dict[str, Any], path: Path) -> None:
+    """A preset's published numbers as rows of their own: ``paper: <parent>``, ``paper: <model>``.
+
+    Each number sits in the task's percent column (it is stored in percent: scale 1),
+    read from the first model entry that carries it.
+    """
+    info = data.get("published") or {}
+    fallback = f"preset {data['preset']}" if data.get("preset") else "preset"
+    whose = (("published_parent", info.get("parent")), ("published", info.get("model") or fallback))
+    for key, name in whose:
+        if not name:
+            continue
+        for i, entry in enumerate(data["models"]):
+            for task, result in (entry.get("tasks") or {}).items():
+                value = result.get(key)
+                if value is None or not str(result.get("metric", "")).startswith(FRACTION_METRICS):
+                    continue
+                row = report.row(f"paper: {name}", role=PAPER)
+                if f"{task} %" not in row.cells:
+                    report.put(row, f"{task} %", data, path, "models", i, "tasks", task, key)
 
 
 def _add_bench(report: Report, data: dict[str, Any], path: Path) -> None:
@@ -283,7 +325,7 @@ def _column_rank(column: str) -> int:
 
 
 def ordered_columns(report: Report) -> list[str]:
-    """Sizes, perplexities, task scores (each beside its card number), then throughput."""
+    """Sizes, perplexities, task scores, then throughput."""
     return sorted(report.columns, key=_column_rank)
 
 
@@ -307,7 +349,8 @@ def to_markdown(report: Report, plots: list[str]) -> str:
         "",
         "Every number above is read from a JSON file written by a minitron command, never "
         "recomputed; `report.json` gives each cell's file and JSON pointer. Scores (`%`) are "
-        "lm-eval's fractions × 100; `card %` is the model card's published number; "
+        "lm-eval's fractions × 100, ± the standard error lm-eval gives; `paper:` rows are a "
+        "preset's published numbers (already in percent); "
         "`bf16 GiB` is bytes / 2^30; `KV KiB/token` is bytes / 1024. — means no file "
         "gave that number.",
         "",
@@ -327,22 +370,18 @@ def to_markdown(report: Report, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell_json(cell: Cell) -> dict[str, Any]:
+    shown = {"text": cell.text, "value": cell.value, "file": cell.file, "key": cell.key}
+    error = {"stderr": cell.stderr, "stderr_key": cell.stderr_key} if cell.stderr_key else {}
+    return shown | {"scale": cell.scale} | error
+
+
 def to_json(report: Report, plots: list[str]) -> dict[str, Any]:
     """``report.json``: the table's rows with every cell's value, text and provenance."""
     columns = ordered_columns(report)
     rows = []
     for row in report.ordered_rows():
-        cells = {
-            column: {
-                "text": cell.text,
-                "value": cell.value,
-                "file": cell.file,
-                "key": cell.key,
-                "scale": cell.scale,
-            }  # fmt: skip
-            for column in columns
-            if (cell := row.cells.get(column))
-        }
+        cells = {column: _cell_json(cell) for column in columns if (cell := row.cells.get(column))}
         rows.append(
             {"model": row.label, "identity": row.identity, "role": row.role, "cells": cells}
         )

@@ -39,11 +39,12 @@ def test_suite_scores_agree_between_cli_and_api_and_pruning_lowers_them(tmp_path
     record = json.loads((out / "results.json").read_text())
     parent, child = record["models"]
     assert (record["kind"], record["limit"], record["preset"]) == ("eval", LIMIT, None)
+    assert record["published"] is None
     assert parent["model"] == "smollm2-135m" and child["model"] == str(pruned)
     assert parent["params"] == 134_515_008 and child["params"] < parent["params"]
     for task in SUITE:
         cli = parent["tasks"][task]
-        assert cli == api[task].to_dict() | {"published": None}
+        assert cli == api[task].to_dict() | {"published": None, "published_parent": None}
         assert cli["samples"] == LIMIT
         assert child["tasks"][task]["value"] <= cli["value"], task
     print({t: (parent["tasks"][t]["value"], child["tasks"][t]["value"]) for t in SUITE})

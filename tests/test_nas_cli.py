@@ -45,6 +45,20 @@ def test_51b_recipe_dry_run_on_the_70b_config(parent_70b):
     assert sum(b["after"].startswith("attn linear") for b in report["blocks"]) == 18
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    ["llama-3.1-70b/nemotron-51b-blocks.yaml", "llama-3.3-70b/nemotron-super-49b-blocks.yaml"],
+)
+def test_70b_block_recipes_pass_serve_with_llamacpp(parent_70b, recipe):
+    """Both keep the 70B parent's untied lm_head, which llama.cpp's deci loader serves."""
+    from minitron.commands.prune import dry_run
+
+    overrides = [f"parent={parent_70b}", "serve_with=llamacpp"]
+    config = load_recipe(ROOT / "recipes" / recipe, PruneConfig, overrides)
+    assert not json.loads((parent_70b / "config.json").read_text())["tie_word_embeddings"]
+    assert dry_run(config)["serve_with"] == "llamacpp"
+
+
 def test_the_table_groups_runs_of_identical_layers(parent_70b):
     from typer.testing import CliRunner
 

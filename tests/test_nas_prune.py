@@ -129,7 +129,6 @@ def served(**overrides) -> DeciLMConfig:
         ("llamacpp", served(block_configs=[block("no_op", 12), block(2, 12)]),
          "layer 0 has attention no_op (llama.cpp fails to load it in layer 0)"),
         ("llamacpp", served(vocab_size=49152), "only Llama-3 (128256) or Llama-2 (32000)"),
-        ("llamacpp", served(tie_word_embeddings=False), "an untied lm_head"),
         ("llamacpp", served(rope_parameters={"rope_type": "linear", "factor": 2.0}),
          "applies only llama3 RoPE scaling, this model has linear"),
     ],
@@ -141,6 +140,8 @@ def test_engines_refuse_what_they_cannot_serve(engine, config, message):
 
 def test_engines_serve_what_they_can():
     check_engine("llamacpp", served())  # attention no_op after layer 0, linear attention
+    # llama.cpp's deci loader reads output.weight when present: untied heads are served
+    check_engine("llamacpp", served(tie_word_embeddings=False))
     check_engine("llamacpp", served(block_configs=[block(2, 12), block("linear", 6)]))
     check_engine("vllm", served(block_configs=[block("no_op", 12), block(1, "no_op")]))
     mixed = served(num_hidden_layers=len(MIXED), block_configs=MIXED, vocab_size=7)
@@ -157,10 +158,28 @@ def test_published_layouts_and_engines():
     first_linear = kinds.index("linear")
     with pytest.raises(MinitronError, match=f"layer {first_linear} has attention replace_with"):
         check_engine("vllm", nas51)
-    with pytest.raises(MinitronError, match="untied lm_head"):
-        check_engine("llamacpp", nas51)
+    assert not nas51.tie_word_embeddings
+    check_engine("llamacpp", nas51)  # untied head, linear attention, no_op attention after 0
     super49 = DeciLMConfig.from_dict(published("nemotron-super-49b-v1"))
     check_engine("vllm", super49)
+    check_engine("llamacpp", super49)
+
+
+@pytest.mark.parametrize(
+    "layer, edit, message",
+    [
+        (0, {"attention": {"no_op": True}}, "layer 0 has attention no_op"),
+        (7, {"ffn": {"no_op": True}}, "layer 7 has FFN no_op"),
+        (7, {"ffn": {"replace_with_linear": True}}, "layer 7 has FFN replace_with_linear"),
+    ],
+)
+def test_llamacpp_still_refuses_the_70b_derived_51b_with_unserved_kinds(layer, edit, message):
+    """The same untied 70B-derived config, with one block llama.cpp cannot serve."""
+    blocks = published("nemotron-51b-instruct")["block_configs"]
+    blocks[layer] = blocks[layer] | edit
+    nas51 = nas_config_from_llama(LlamaConfig.from_dict(published("llama-3.1-70b-instruct")))
+    with pytest.raises(MinitronError, match=f"serve_with llamacpp: {message}"):
+        check_engine("llamacpp", nas51.with_blocks(blocks))
 
 
 @pytest.mark.parametrize(

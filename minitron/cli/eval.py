@@ -93,17 +93,19 @@ def eval_command(
 
 
 def results_table(record: dict[str, Any]) -> Table:
-    """Tasks as rows, one column per model, the card's published number last."""
+    """Tasks as rows, one column per model, then the published numbers (parent, model)."""
     preset = record.get("preset")
     limit = record.get("limit")
     title = f"minitron eval{f' --preset {preset}' if preset else ''}"
-    title += f" (--limit {limit}: not comparable to the card)" if limit else ""
+    title += f" (--limit {limit}: not comparable to the paper)" if limit else ""
     table = Table(title=title)
     for name, justify in (("task", "left"), ("metric", "left"), ("shots", "right"), ("n", "right")):
         table.add_column(name, justify=justify)
     for row in record["models"]:
         table.add_column(row["model"], justify="right")
-    table.add_column("published", justify="right")
+    published = published_columns(record)
+    for header, _ in published:
+        table.add_column(header, justify="right")
     tasks = list(dict.fromkeys(t for row in record["models"] for t in row["tasks"]))
     for task in tasks:
         first = next(row["tasks"][task] for row in record["models"] if task in row["tasks"])
@@ -111,16 +113,31 @@ def results_table(record: dict[str, Any]) -> Table:
         for row in record["models"]:
             score = row["tasks"].get(task)
             cells.append(_percent(score) if score else "-")
-        published = first.get("published")
-        table.add_row(*cells, f"{published:.2f}" if published is not None else "-")
+        for _, key in published:
+            value = first.get(key)
+            cells.append(f"{value:.2f}" if value is not None else "-")
+        table.add_row(*cells)
     if any(row.get("perplexity") for row in record["models"]):
         ppl = next(row["perplexity"] for row in record["models"] if row.get("perplexity"))
         cells = [f"perplexity ({ppl['data']})", f"window {ppl['window']}/{ppl['stride']}", "-"]
         cells.append(str(ppl["tokens"]))
         for row in record["models"]:
             cells.append(f"{row['perplexity']['value']:.2f}" if row.get("perplexity") else "-")
-        table.add_row(*cells, "-")
+        table.add_row(*cells, *["-"] * len(published))
     return table
+
+
+def published_columns(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(header, task key)`` of the published numbers: ``paper: <parent>``, ``paper: <model>``.
+
+    Without a preset there are none; a results.json from before the ``published``
+    entry existed gets one ``published`` column.
+    """
+    info = record.get("published")
+    if info:
+        names = [(info.get("parent"), "published_parent"), (info.get("model"), "published")]
+        return [(f"paper: {name.split('/')[-1]}", key) for name, key in names if name]
+    return [("published", "published")] if record.get("preset") else []
 
 
 def _percent(score: dict[str, Any]) -> str:

@@ -178,8 +178,9 @@ def run_eval(config: EvalConfig, output: str | Path, overwrite: bool = False) ->
         rows.append(row)
         samples.append(logs)
     record = {
-        "kind": "eval", "preset": config.preset, "limit": config.limit, "models": rows,
-        "config": config_to_dict(config), "minitron_version": __version__,
+        "kind": "eval", "preset": config.preset,
+        "published": preset.record() if preset else None, "limit": config.limit,
+        "models": rows, "config": config_to_dict(config), "minitron_version": __version__,
     }  # fmt: skip
     with atomic_output_dir(output, overwrite) as tmp:
         (tmp / "results.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -199,8 +200,11 @@ def evaluate_model(
         with status(f"Evaluating {spec}"):
             result = task_set.evaluate(model, tokenizer, config.limit, config.batch_size)
         for name, score in result.scores.items():
-            published = preset.row(name).published if preset and preset.row(name) else None
-            row["tasks"][name] = score.to_dict() | {"published": published}
+            published = preset.row(name) if preset else None
+            row["tasks"][name] = score.to_dict() | {
+                "published": published.published if published else None,
+                "published_parent": published.parent if published else None,
+            }
         logs = result.samples
     row["perplexity"] = model_perplexity(model, tokenizer, config.perplexity) if (
         config.wants_perplexity

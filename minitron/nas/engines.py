@@ -4,7 +4,9 @@ From DESIGN.md's table (checked in the engines' sources; llama.cpp also run):
 vLLM serves no linear attention and no linear FFN; llama.cpp's ``deci`` architecture
 serves no linear FFN, no FFN no_op (computed wrongly), no attention no_op in layer 0
 (the file fails to load), only Llama-3 (128,256) or Llama-2 (32,000) vocabularies,
-only ``llama3`` RoPE scaling, and a tied output head; TensorRT-LLM serves everything.
+and only ``llama3`` RoPE scaling; TensorRT-LLM serves everything. An untied output head
+is served by all three: llama.cpp's ``deci`` loader reads ``output.weight`` when the
+file has one and reuses the token embedding only when it does not.
 """
 
 from __future__ import annotations
@@ -66,8 +68,3 @@ def _check_llamacpp_model(config: DeciLMConfig) -> None:
     rope = (config.rope_parameters or {}).get("rope_type", "default")
     if rope not in ("default", "llama3"):
         raise MinitronError(f"{prefix} applies only llama3 RoPE scaling, this model has {rope}")
-    if not config.tie_word_embeddings:
-        raise MinitronError(
-            f"{prefix} reuses the token embedding as the output head; this model has "
-            "an untied lm_head"
-        )
