@@ -84,7 +84,7 @@ demo: install
 	$(BIN)/minitron distill recipes/smollm2-135m/distill.yaml \
 		--set student=$(DEMO)/pruned --output $(DEMO)/distilled --overwrite
 	$(BIN)/minitron eval smollm2-135m $(DEMO)/pruned $(DEMO)/distilled \
-		--tasks minitron-suite,perplexity --limit 8 --output $(DEMO)/eval --overwrite
+		--tasks minitron-suite,perplexity --output $(DEMO)/eval --overwrite
 	$(BIN)/minitron bench smollm2-135m $(DEMO)/pruned $(DEMO)/distilled --batch-sizes 1 \
 		--prompt-len 64 --gen-len 16 --repeats 2 --threads 1 --output $(DEMO)/bench --overwrite
 	$(BIN)/minitron report $(DEMO) --output runs/demo-report --overwrite

@@ -81,10 +81,10 @@ def test_relative_data_paths_are_anchored_to_the_yaml_folder(tmp_path):
 def test_the_offline_suite_is_registered():
     suite = TaskSet(["minitron-suite"])
     assert [r.leaves for r in suite.requested] == [
-        ["minitron_story", "minitron_pairs", "minitron_arith"]
+        ["minitron_story", "minitron_pairs", "minitron_arith", "minitron_series"]
     ]
     assert suite.code_tasks == []
-    for name, count in [("story", 20), ("pairs", 20), ("arith", 16), ("code", 8)]:
+    for name, count in [("story", 20), ("pairs", 20), ("arith", 16), ("series", 300), ("code", 8)]:
         assert len((SUITE_DIR / f"{name}.jsonl").read_text().splitlines()) == count
 
 
