@@ -10,7 +10,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from minitron.errors import MinitronError
-from minitron.evaluate import perplexity
+from minitron.eval.perplexity import perplexity
 from minitron.importance import compute_importance
 from minitron.layers import run_layers, trace
 from tests.conftest import random_batches, tiny_llama

@@ -23,7 +23,7 @@ from minitron.io import (
     model_identity,
 )
 from minitron.plots import plot_importance
-from minitron.task_importance import task_importance
+from minitron.importance.task import task_importance
 
 Metric = str  # "bi", "angular", "loss" or "task:<lm-eval task>"
 

@@ -19,7 +19,7 @@ from minitron.commands.prune_config import PruneConfig
 from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
-from minitron.evaluate import perplexity
+from minitron.eval.perplexity import perplexity
 from minitron.importance import ImportanceResult
 from minitron.io import (
     atomic_output_dir,

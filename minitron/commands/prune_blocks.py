@@ -16,7 +16,7 @@ from minitron import __version__
 from minitron.commands.prune_config import PruneConfig
 from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
-from minitron.evaluate import perplexity
+from minitron.eval.perplexity import perplexity
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,

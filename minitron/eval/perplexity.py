@@ -1,6 +1,9 @@
-"""Perplexity of a causal LM over long text, with a sliding window.
+"""Perplexity of a causal LM: over batches of sequences, or over long text with a sliding window.
 
-The text is one token stream (documents joined by EOS). Windows of ``window``
+``perplexity`` scores ``[B, T]`` batches (the held-out split of prune and distill);
+``sliding_perplexity`` scores one long token stream (``minitron eval --tasks perplexity``).
+
+For the sliding window, the text is one token stream (documents joined by EOS). Windows of ``window``
 tokens start every ``stride`` tokens; each window scores only the tokens the
 previous windows did not, so with ``stride < window`` every token after the
 first is predicted once, with at least ``window - stride`` tokens of context
@@ -11,13 +14,14 @@ the first token of each chunk has no context and is not scored.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from minitron.errors import MinitronError
-from minitron.layers import decoder, head_nll
+from minitron.layers import check_plain_head, decoder, head_nll
 from minitron.progress import progress
 
 
@@ -68,3 +72,25 @@ def sliding_perplexity(
             scored_to = end
             advance(1)
     return PerplexityResult(math.exp(total / count), total / count, count, window, stride)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, batches: Sequence[torch.Tensor], label: str = "") -> float:
+    """``exp`` of the mean next-token loss over every predicted token of ``batches``.
+
+    Does not change the model. Each batch is ``[B, T]`` token ids. Models that
+    soft-cap or scale their logits are refused (see ``check_plain_head``). The LM head
+    runs in chunks (see ``head_nll``), so memory stays flat in the vocabulary size.
+    """
+    check_plain_head(model)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with progress(f"perplexity {label}".strip(), len(batches)) as advance:
+        for ids in batches:
+            ids = ids.to(device)
+            normed = decoder(model)(input_ids=ids, use_cache=False).last_hidden_state
+            nll, predicted = head_nll(model, normed, ids, normed=True)
+            total += nll
+            count += predicted
+            advance(1)
+    return math.exp(total / count)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from minitron.importance import ImportanceResult, check_block_size
+from minitron.importance.blocks import ImportanceResult, check_block_size
 from minitron.layers import decoder_layers
 from minitron.progress import progress
-from minitron.prune import layers_removed
+from minitron.prune.depth import layers_removed
 
 Scorer = Callable[[nn.Module], float]  # model -> accuracy in [0, 1]
 

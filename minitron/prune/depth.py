@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from minitron.errors import MinitronError
-from minitron.importance import ImportanceResult
+from minitron.importance.blocks import ImportanceResult
 from minitron.layers import decoder, decoder_layers
 
 
