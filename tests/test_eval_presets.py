@@ -13,9 +13,8 @@ from minitron.commands.eval import EvalConfig
 from minitron.config import parse_config
 from minitron.errors import MinitronError
 from minitron.eval.harness import TaskOutput, TaskScore
-from minitron.eval.perplexity import sliding_perplexity, window_starts
+from minitron.eval.perplexity import perplexity, sliding_perplexity, window_starts
 from minitron.eval.presets import PRESETS, get_preset
-from minitron.eval.perplexity import perplexity
 from tests.conftest import VOCAB, tiny_llama
 
 # The published numbers, quoted from arXiv 2408.11796 (table 1) and the model cards; see

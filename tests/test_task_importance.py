@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from minitron.prune import drop_layers, layers_removed
 from minitron.importance.task import task_importance
+from minitron.prune import drop_layers, layers_removed
 from tests.conftest import random_batches, tiny_llama
 from tests.nas_helpers import MIXED, nas_from_kept, tiny_nas
 

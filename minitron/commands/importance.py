@@ -15,6 +15,7 @@ from minitron.config import DataConfig, Device, Dtype, choice_error, config_to_d
 from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.importance import METRICS, ImportanceResult, check_block_size, compute_importance
+from minitron.importance.task import task_importance
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,
@@ -23,7 +24,6 @@ from minitron.io import (
     model_identity,
 )
 from minitron.plots import plot_importance
-from minitron.importance.task import task_importance
 
 Metric = str  # "bi", "angular", "loss" or "task:<lm-eval task>"
 

@@ -3,8 +3,8 @@
 ``perplexity`` scores ``[B, T]`` batches (the held-out split of prune and distill);
 ``sliding_perplexity`` scores one long token stream (``minitron eval --tasks perplexity``).
 
-For the sliding window, the text is one token stream (documents joined by EOS). Windows of ``window``
-tokens start every ``stride`` tokens; each window scores only the tokens the
+For the sliding window, the text is one token stream (documents joined by EOS). Windows
+of ``window`` tokens start every ``stride`` tokens; each window scores only the tokens the
 previous windows did not, so with ``stride < window`` every token after the
 first is predicted once, with at least ``window - stride`` tokens of context
 carried over from before. ``stride == window`` is plain non-overlapping chunks:
