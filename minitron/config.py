@@ -9,6 +9,7 @@ overrides are applied to the raw mapping first, so they are checked the same way
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -125,11 +126,21 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return parse_config(hint, value if value is not None else {}, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _is_float_text(value):
+        return float(value)  # YAML 1.1 reads 4.5e9 (no dot before e, no sign) as text
     if hint in (int, float) and isinstance(value, bool):
         raise MinitronError(f"{key} must be {hint.__name__} (got {value!r})")
     if isinstance(hint, type) and not isinstance(value, hint):
         raise MinitronError(f"{key} must be {hint.__name__} (got {value!r})")
     return value
+
+
+def _is_float_text(text: str) -> bool:
+    """True for a plain decimal number such as ``4.5e9`` (not ``nan`` or ``inf``)."""
+    try:
+        return math.isfinite(float(text)) and any(c.isdigit() for c in text)
+    except ValueError:
+        return False
 
 
 def pick_choice(key: str, value: Any, choices: Sequence[Any]) -> Any:

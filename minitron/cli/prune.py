@@ -47,17 +47,22 @@ def prune(
             typer.echo(json.dumps(report, indent=2))
         elif config.edits_blocks:
             _print_blocks(report, config.parent)
+        elif "shape_after" in report:
+            _print_width(report, config.parent)
         else:
             _print_plan(report, config.parent)
         return
     target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
     record = run_prune(config, target, overwrite)
     if json_output:
-        hidden = ("scores", "recipe", "layers")
+        hidden = ("scores", "recipe", "layers", "width_plan")
         typer.echo(json.dumps({k: v for k, v in record.items() if k not in hidden}, indent=2))
     elif config.edits_blocks:
         _print_blocks(record, config.parent)
         out.print(f"wrote {target} (import minitron, then transformers' AutoModelForCausalLM)")
+    elif "shape_after" in record:
+        _print_width(record, config.parent)
+        out.print(f"wrote {target} (load it with transformers' AutoModelForCausalLM)")
     else:
         _print_plan(record, config.parent)
         out.print(f"wrote {target} (load it with transformers' AutoModelForCausalLM)")
@@ -111,3 +116,69 @@ def _print_blocks(report: dict[str, Any], parent: str) -> None:
     if "perplexity_before" in report:
         ppl = f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}"
         out.print(f"held-out perplexity {ppl}")
+
+
+_WIDTHS = (
+    ("hidden size", "hidden_size"),
+    ("MLP width", "intermediate_size"),
+    ("attention heads", "num_attention_heads"),
+    ("K/V heads", "num_key_value_heads"),
+)
+
+
+def _print_width(report: dict[str, Any], parent: str) -> None:
+    """The shape before and after; for a target, the candidates (and their KL when scored)."""
+    target = "budget_params" in report
+    kind = "target" if target else "width"
+    table = Table(title=f"{kind} prune of {parent} (layers 0-indexed)", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    before, after = report["params_before"], report["params_after"]
+    if target:
+        table.add_row("budget", f"{report['budget_params']:,} parameters")
+    table.add_row("parameters", f"{before:,} -> {after:,} ({after / before:.1%})")
+    table.add_row("bf16 weights", f"{gib(2 * before)} -> {gib(2 * after)}")
+    table.add_row("layers", f"{report['layers_before']} -> {report['layers_after']}")
+    for label, key in _WIDTHS:
+        table.add_row(label, f"{report['shape_before'][key]} -> {report['shape_after'][key]}")
+    table.add_row("head_dim", f"{report['head_dim']} (written to the config)")
+    if report.get("dropped_layers") is not None:
+        table.add_row("dropped layers", format_layers(report["dropped_layers"]) or "none")
+    elif not target:
+        table.add_row("dropped layers", "chosen by importance when run")
+    if "reason" in report:
+        table.add_row("chosen as", report["reason"])
+    if "perplexity_before" in report:
+        table.add_row(
+            "held-out perplexity",
+            f"{report['perplexity_before']:.2f} -> {report['perplexity_after']:.2f}",
+        )
+    out.print(table)
+    if target:
+        _print_candidates(report)
+
+
+def _print_candidates(report: dict[str, Any]) -> None:
+    scored = "kl" in (report.get("candidates") or [{}])[0]
+    title = (
+        "scored candidates (held-out KL to the parent, no training)"
+        if scored
+        else f"{report['candidates_within_budget']:,} candidates within the budget, "
+        f"closest first; the first {report['scored']} are scored when run"
+    )
+    table = Table(title=title)
+    for name in ("#", "layers", "hidden", "MLP", "heads", "K/V", "parameters", "bf16"):
+        table.add_column(name, justify="right")
+    if scored:
+        table.add_column("KL", justify="right")
+    best = min(report["candidates"], key=lambda c: c["kl"]) if scored else None
+    for i, c in enumerate(report["candidates"]):
+        cells = [
+            str(i), str(c["layers"]), str(c["hidden_size"]), str(c["intermediate_size"]),
+            str(c["num_attention_heads"]), str(c["num_key_value_heads"]), f"{c['params']:,}",
+            f"{c['bf16_gib']:.2f} GiB",
+        ]  # fmt: skip
+        if scored:
+            cells.append(f"{c['kl']:.4f}" + (" best" if c is best else ""))
+        table.add_row(*cells, style="bold dark_orange" if c is best else None)
+    out.print(table)

@@ -16,9 +16,9 @@ from torch import nn
 from minitron import __version__
 from minitron.commands.importance import score_layers
 from minitron.commands.prune_config import PruneConfig
+from minitron.commands.prune_scores import load_scores
 from minitron.config import config_to_dict
 from minitron.data import batches, load_text_data
-from minitron.errors import MinitronError
 from minitron.eval.perplexity import perplexity
 from minitron.importance import ImportanceResult
 from minitron.io import (
@@ -26,7 +26,6 @@ from minitron.io import (
     check_output_dir,
     load_config,
     load_model,
-    model_identity,
     saved_dtype,
 )
 from minitron.prune import (
@@ -39,54 +38,6 @@ from minitron.prune import (
     plan_depth,
     scores_block_size,
 )
-
-
-def load_scores(path: str | Path, config: PruneConfig, num_layers: int) -> ImportanceResult:
-    """Read a ``scores.json`` and check it fits the recipe and the parent."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MinitronError(f"scores file not found: {path}")
-    not_scores = MinitronError(f"{path}: not a scores.json written by minitron importance")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        result = ImportanceResult.from_dict(record)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError):
-        raise not_scores from None
-    scored = record.get("model_identity") or (
-        _identity(record["model"]) if isinstance(record.get("model"), str) else None
-    )
-    if scored is None:
-        raise not_scores
-    if scored != _identity(config.parent):
-        raise MinitronError(
-            f"{path}: scores were computed for {scored}, not for the parent {config.parent}"
-        )
-    if result.num_layers != num_layers:
-        raise MinitronError(
-            f"{path}: scores are for {result.num_layers} layers, the parent has {num_layers}"
-        )
-    blocks = num_layers - result.block_size + 1
-    if len(result.layers) != num_layers or len(result.blocks) != blocks:
-        raise not_scores
-    if result.metric != config.metric:
-        raise MinitronError(
-            f"{path}: scores use metric '{result.metric}', recipe asks for '{config.metric}'"
-        )
-    needed = scores_block_size(config, num_layers)
-    if needed != 1 and result.block_size != needed:
-        raise MinitronError(
-            f"{path}: scores have blocks of {result.block_size} layers, dropping to "
-            f"{config.target_layers} layers needs blocks of {needed} (--block-size {needed})"
-        )
-    return result
-
-
-def _identity(spec: str) -> str:
-    """``model_identity`` of a spec, or the spec itself if it no longer resolves."""
-    try:
-        return model_identity(spec)
-    except MinitronError:
-        return spec
 
 
 def _prepare(config: PruneConfig) -> tuple[Any, int, ImportanceResult | None]:
@@ -103,7 +54,8 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
     """Plan a prune from the parent's config alone: no weights are read.
 
     A block-edit recipe (``block_configs`` / ``rules``) is planned by
-    ``minitron.commands.prune_blocks.blocks_dry_run``; the rest is depth pruning.
+    ``minitron.commands.prune_blocks.blocks_dry_run``, a width or target recipe by
+    ``minitron.commands.prune_width.width_dry_run``; the rest is depth pruning.
 
     The parent is built on the meta device, so even a 70B config costs
     nothing. Layer choice needs scores: with a method and no ``scores`` file
@@ -117,6 +69,10 @@ def dry_run(config: PruneConfig) -> dict[str, Any]:
         from minitron.commands.prune_blocks import blocks_dry_run
 
         return blocks_dry_run(config)
+    if config.edits_width or config.target is not None:
+        from minitron.commands.prune_width import width_dry_run
+
+        return width_dry_run(config)
     parent_config, num_layers, scores = _prepare(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
@@ -145,7 +101,8 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     """Prune ``config.parent`` and write the result to ``output``.
 
     A block-edit recipe goes to ``minitron.commands.prune_blocks.run_blocks_prune``
-    (a nemotron-nas checkpoint); what follows describes depth pruning.
+    (a nemotron-nas checkpoint), a width or target recipe to
+    ``minitron.commands.prune_width.run_width_prune``; what follows describes depth pruning.
 
     Checks the recipe against the parent's config and the output folder
     before any weights load; writes into a temporary folder renamed on
@@ -159,6 +116,10 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
         from minitron.commands.prune_blocks import run_blocks_prune
 
         return run_blocks_prune(config, output, overwrite)
+    if config.edits_width or config.target is not None:
+        from minitron.commands.prune_width import run_width_prune
+
+        return run_width_prune(config, output, overwrite)
     output = check_output_dir(output, overwrite, protect=[config.parent])
     parent_config, num_layers, scores = _prepare(config)
     needs_scores = config.selection != "explicit" and scores is None

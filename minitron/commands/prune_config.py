@@ -11,6 +11,53 @@ from minitron.errors import MinitronError
 
 
 @dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """``target:`` of a prune recipe: search the depth x width shape that fits a budget.
+
+    Attributes:
+        params: Most parameters of the pruned model (``4.5e9``).
+        memory_gib: Or: most GiB of its bf16 weights (2 bytes per parameter).
+        top_k: Candidates closest to the budget that are pruned and scored by
+            held-out KL divergence from the parent; the lowest is kept.
+        layer_step: Layer counts considered: ``L, L - step, ...``.
+        hidden_step: Hidden sizes: multiples of this (and of ``head_dim``).
+        ffn_step: MLP widths: multiples of this.
+        min_fraction: No dimension goes below this fraction of the parent's.
+    """
+
+    params: float | None = None
+    memory_gib: float | None = None
+    top_k: int = 4
+    layer_step: int = 2
+    hidden_step: int = 256
+    ffn_step: int = 512
+    min_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if (self.params is None) == (self.memory_gib is None):
+            raise MinitronError("target: give exactly one of params or memory_gib")
+        for key in ("params", "memory_gib"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise MinitronError(f"target.{key} must be above 0 (got {value})")
+        for key in ("top_k", "layer_step", "hidden_step", "ffn_step"):
+            if getattr(self, key) < 1:
+                raise MinitronError(f"target.{key} must be at least 1 (got {getattr(self, key)})")
+        if not 0 < self.min_fraction <= 1:
+            raise MinitronError(f"target.min_fraction must be in (0, 1] (got {self.min_fraction})")
+
+    @property
+    def grid(self):
+        """The ``TargetGrid`` of shapes this target searches."""
+        from minitron.prune.target import TargetGrid  # torch: only when needed
+
+        return TargetGrid(self.layer_step, self.hidden_step, self.ffn_step, self.min_fraction)
+
+
+WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+@dataclasses.dataclass(frozen=True)
 class PruneConfig:
     """``minitron prune``: drop decoder layers (depth), or edit each block (nemotron-nas).
 
@@ -18,6 +65,15 @@ class PruneConfig:
     ``target_layers`` with a ``method``: ``contiguous`` drops the least important
     block of ``L - target_layers`` layers (the Minitron paper's choice),
     ``individual`` the ``L - target_layers`` least important single layers (ShortGPT's).
+
+    Width: give any of ``hidden_size``, ``intermediate_size``, ``num_attention_heads``,
+    ``num_key_value_heads``; the most important channels, heads and neurons by
+    activations are kept (``minitron.prune.width``). With depth keys too, layers are
+    dropped first, then widths cut, each by its own importance.
+
+    Target: give ``target`` (``params`` or ``memory_gib``): candidate depth x width
+    shapes within the budget are pruned, scored by held-out KL from the parent and
+    the best is kept (``minitron.prune.target``).
 
     Blocks: give ``block_configs`` (one published-shape entry per layer) or ``rules``
     (see ``minitron.nas.rules``); the output is a nemotron-nas checkpoint. Depth keys
@@ -46,6 +102,12 @@ class PruneConfig:
             (the model's device holds one batch's products at a time) or ``device``.
         calibration_budget_gib: Most GiB the accumulators of one calibration pass may
             hold; more statistics take more passes. ``None``: one pass.
+        hidden_size: Width prune: embedding channels to keep.
+        intermediate_size: Width prune: MLP neurons to keep in every layer.
+        num_attention_heads: Width prune: query heads to keep in every layer.
+        num_key_value_heads: Width prune: K/V heads (groups) to keep; default: the
+            parent's when the query heads divide over them, else the parent's group size.
+        target: Search the shape within a parameter or memory budget.
     """
 
     parent: str
@@ -67,6 +129,11 @@ class PruneConfig:
     ridge: float = 1e-2
     accumulate_on: Literal["cpu", "device"] = "cpu"
     calibration_budget_gib: float | None = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    target: TargetConfig | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
@@ -82,6 +149,13 @@ class PruneConfig:
             return
         if self.serve_with is not None:
             raise MinitronError("serve_with applies to block edits: give block_configs or rules")
+        if self.target is not None:
+            self._check_target()
+            return
+        if self.edits_width and self.drop_layers is None and self.target_layers is None:
+            if self.method is not None or self.scores is not None:
+                raise MinitronError("method and scores choose layers to drop: give target_layers")
+            return
         if self.drop_layers is not None and self.method is not None:
             raise MinitronError("give either drop_layers or method, not both")
         if self.drop_layers is None and self.target_layers is None:
@@ -94,16 +168,39 @@ class PruneConfig:
             raise MinitronError(f"drop_layers lists a layer twice: {self.drop_layers}")
 
     @property
+    def edits_width(self) -> bool:
+        """True when the recipe cuts widths (hidden size, MLP, heads)."""
+        return any(getattr(self, key) is not None for key in WIDTH_KEYS)
+
+    @property
+    def depth_requested(self) -> bool:
+        """True when the recipe drops layers (by index or by a layer count)."""
+        return self.drop_layers is not None or self.target_layers is not None
+
+    def _check_target(self) -> None:
+        for key in ("drop_layers", "target_layers", "scores", *WIDTH_KEYS):
+            if getattr(self, key) is not None:
+                raise MinitronError(
+                    f"{key} and target both choose the shape: a recipe gives one or the other"
+                )
+        if self.metric.startswith("task:"):
+            raise MinitronError(
+                "target scores the layers of every candidate depth by bi, angular or loss, "
+                f"not {self.metric}"
+            )
+
+    @property
     def edits_blocks(self) -> bool:
         """True for a block-edit (nemotron-nas) recipe, False for depth pruning."""
         return self.block_configs is not None or self.rules is not None
 
     def _check_no_depth_keys(self) -> None:
         blocks = "block_configs" if self.block_configs is not None else "rules"
-        for key in ("drop_layers", "target_layers", "method", "scores"):
+        for key in ("drop_layers", "target_layers", "method", "scores", "target", *WIDTH_KEYS):
             if getattr(self, key) is not None:
+                kind = "width" if key in WIDTH_KEYS or key == "target" else "depth"
                 raise MinitronError(
-                    f"{key} is a depth-pruning key and {blocks} edits blocks: "
+                    f"{key} is a {kind}-pruning key and {blocks} edits blocks: "
                     "a recipe does one or the other"
                 )
 
