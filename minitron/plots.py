@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from minitron.importance import ImportanceResult  # noqa: E402
+from minitron.importance.width import WidthScores  # noqa: E402
 
 _LABELS = {
     "bi": "block importance  1 - cos(in, out)",
@@ -93,6 +94,71 @@ def plot_loss_curve(
         ax.set_title(f"distill {record.get('teacher')} -> {record.get('student')}", fontsize=9)
     fig.tight_layout()
     path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_width_importance(scores: WidthScores, folder: str | Path, title: str = "") -> list[Path]:
+    """One PNG per kind of width unit: ``width_hidden.png``, ``width_heads.png``,
+    ``width_neurons.png``.
+
+    Channels and neurons are drawn sorted (the shape of the curve says how much a
+    cut of a given size throws away); heads as a layer x head map with the K/V
+    groups marked. Layers are 0-indexed.
+    """
+    import numpy as np
+
+    folder = Path(folder)
+    paths = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ranked = sorted(scores.hidden, reverse=True)
+    ax.plot(range(1, len(ranked) + 1), ranked, color=_PLAIN)
+    ax.set_yscale("log")
+    ax.set_xlabel("embedding channels, most important first")
+    ax.set_ylabel("score (summed over the layers' norms)")
+    ax.set_title(f"{title}: embedding channels".strip(": "), fontsize=9)
+    paths.append(_save(fig, folder / "width_hidden.png"))
+
+    rows = [row for row in scores.heads if row]
+    if rows:
+        width = max(len(row) for row in rows)
+        grid = np.full((len(scores.heads), width), np.nan)
+        for i, row in enumerate(scores.heads):
+            grid[i, : len(row)] = row
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * width + 2), max(3, 0.22 * len(grid) + 1.5)))
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="head score")
+        kv = max(scores.num_key_value_heads) or 1
+        for g in range(1, kv):
+            ax.axvline(g * width / kv - 0.5, color="white", linewidth=1)
+        ax.set_xlabel(f"query head (white lines: {kv} K/V groups)")
+        ax.set_ylabel("layer (0-indexed)")
+        ax.set_title(f"{title}: attention heads".strip(": "), fontsize=9)
+        paths.append(_save(fig, folder / "width_heads.png"))
+
+    rows = [(i, row) for i, row in enumerate(scores.neurons) if row]
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        cmap = plt.get_cmap("viridis")
+        last = max(1, len(scores.neurons) - 1)
+        ends = (rows[0][0], rows[-1][0])
+        for i, row in rows:
+            ranked = sorted(row, reverse=True)
+            x = np.linspace(0, 1, len(ranked))
+            label = f"layer {i}" if i in ends else None
+            ax.plot(x, ranked, color=cmap(i / last), linewidth=0.8, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("fraction of the layer's MLP neurons, most important first")
+        ax.set_ylabel("neuron score")
+        ax.legend(loc="best")
+        ax.set_title(f"{title}: MLP neurons, one line per layer".strip(": "), fontsize=9)
+        paths.append(_save(fig, folder / "width_neurons.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -109,6 +109,7 @@ def test_target_recipe_dry_run_lists_candidates_for_4_5b():
         assert c["params"] == meta_params(config, c["layers"], shape)
         assert c["hidden_size"] % 256 == 0 and c["intermediate_size"] % 512 == 0
         assert c["num_attention_heads"] == 4 * c["num_key_value_heads"]  # whole groups
+        assert c["hidden_size"] % c["num_attention_heads"] == 0  # transformers requires it
 
 
 def test_grid_and_budget():
@@ -117,8 +118,13 @@ def test_grid_and_budget():
     shapes = grid_shapes(config, grid)
     assert shapes[0] == (30, parent_shape(config))
     assert {n for n, _ in shapes} == {30, 25, 20, 15}
-    assert {s.hidden_size for _, s in shapes} == {576, 512, 448, 384, 320}
-    assert {s.num_key_value_heads for _, s in shapes} == {3, 2}
+    # hidden 576, 512, ..., 320, but only sizes the heads divide: 9 heads (3 groups of 3)
+    # divide 576; 6 heads (2 groups) divide 576 and 384
+    assert {(s.hidden_size, s.num_attention_heads) for _, s in shapes} == {
+        (576, 9),
+        (576, 6),
+        (384, 6),
+    }
     budget = budget_params(100e6, None)
     found = enumerate_candidates(config, budget, grid)
     fitting = [(n, s) for n, s in shapes if shape_params(config, n, s) <= budget]

@@ -302,11 +302,9 @@ def test_requested_shape_defaults_and_checks():
         == 1
     )
     check_shape(config, WidthShape(24, 48, 2, 1))
+    check_shape(config, WidthShape(20, 48, 4, 2))  # head_dim stays 8: 20 != 4 * 8 is fine
     bad = [
-        (
-            WidthShape(20, 64, 4, 2),
-            "hidden_size 20 is not a multiple of the heads' width head_dim=8",
-        ),
+        (WidthShape(30, 64, 4, 2), "hidden_size 30 is not a multiple of num_attention_heads 4"),
         (WidthShape(32, 64, 6, 2), "num_attention_heads 6 is more than the parent's 4"),
         (WidthShape(32, 128, 4, 2), "intermediate_size 128 is more than the parent's 64"),
         (WidthShape(32, 64, 3, 2), "does not split evenly"),

@@ -20,7 +20,11 @@ def importance(
         str, typer.Argument(help="Embedded alias, local folder, .gguf file or Hub id.")
     ] = "smollm2-135m",
     metric: Annotated[
-        str, typer.Option(help="bi | angular | loss | task:NAME (an lm-eval task's error).")
+        str,
+        typer.Option(
+            help="bi | angular | loss | task:NAME (an lm-eval task's error) | width "
+            "(channels, heads and neurons by activations, for width pruning)."
+        ),
     ] = "loss",
     block_size: Annotated[
         int, typer.Option(help="Layers per contiguous block scored besides single layers.")
@@ -73,6 +77,10 @@ def importance(
     slug = Path(model.rstrip("/")).name.removesuffix(".gguf")
     target = output or Path("runs/importance") / f"{slug}-{metric.replace(':', '-')}"
     result = run_importance(config, target, overwrite)
+    if metric == "width":
+        _print_width(result)
+        out.print(f"wrote {target}/scores.json and {target}/width_*.png")
+        return
     _print_scores(result)
     out.print(f"wrote {target}/scores.json and {target}/importance.png")
 
@@ -126,3 +134,20 @@ def _print_scores(result: Any) -> None:
         f"least important block of {result.block_size}: layers {block[0]}-{block[-1]} (0-indexed); "
         f"least important single layers: {format_layers(sorted(picked_layers))}"
     )
+
+
+def _print_width(scores: Any) -> None:
+    """Per layer: heads best to worst and the spread of neuron scores; then channels."""
+    table = Table(title="width importance (0-indexed, higher = more important)")
+    for name in ("layer", "heads, most important first", "neurons: max", "median", "min"):
+        table.add_column(name, justify="left" if name.startswith("heads") else "right")
+    for i, (heads, neurons) in enumerate(zip(scores.heads, scores.neurons, strict=True)):
+        order = sorted(range(len(heads)), key=lambda h: -heads[h])
+        ranked = sorted(neurons)
+        cells = [f"{ranked[-1]:.3g}", f"{ranked[len(ranked) // 2]:.3g}", f"{ranked[0]:.3g}"]
+        table.add_row(str(i), " ".join(map(str, order)) or "-", *(cells if ranked else ["-"] * 3))
+    out.print(table)
+    ranked = sorted(range(len(scores.hidden)), key=lambda c: -scores.hidden[c])
+    top = ", ".join(f"{c} ({scores.hidden[c]:.3g})" for c in ranked[:8])
+    out.print(f"embedding channels, most important: {top}")
+    out.print(f"scored on {scores.sequences} sequences ({scores.tokens:,} tokens)")

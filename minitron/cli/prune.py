@@ -136,6 +136,10 @@ def _print_width(report: dict[str, Any], parent: str) -> None:
     before, after = report["params_before"], report["params_after"]
     if target:
         table.add_row("budget", f"{report['budget_params']:,} parameters")
+        if "reason" not in report:
+            table.add_row(
+                "after", "the closest candidate (a run keeps the lowest KL of the scored)"
+            )
     table.add_row("parameters", f"{before:,} -> {after:,} ({after / before:.1%})")
     table.add_row("bf16 weights", f"{gib(2 * before)} -> {gib(2 * after)}")
     table.add_row("layers", f"{report['layers_before']} -> {report['layers_after']}")

@@ -16,6 +16,7 @@ from minitron.data import batches, load_text_data
 from minitron.errors import MinitronError
 from minitron.importance import METRICS, ImportanceResult, check_block_size, compute_importance
 from minitron.importance.task import task_importance
+from minitron.importance.width import WidthScores, width_importance
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,
@@ -23,9 +24,10 @@ from minitron.io import (
     load_model,
     model_identity,
 )
-from minitron.plots import plot_importance
+from minitron.plots import plot_importance, plot_width_importance
 
 Metric = str  # "bi", "angular", "loss" or "task:<lm-eval task>"
+WIDTH = "width"  # minitron importance --metric width: channels, heads and neurons
 
 
 def check_metric(metric: str, key: str = "metric") -> None:
@@ -34,7 +36,8 @@ def check_metric(metric: str, key: str = "metric") -> None:
         metric in METRICS or (metric.startswith("task:") and metric.removeprefix("task:").strip())
     ):
         return
-    raise choice_error(key, metric, [*METRICS, "task:<lm-eval task>"])
+    choices = [*METRICS, "task:<lm-eval task>"] + ([WIDTH] if key == "metric" else [])
+    raise choice_error(key, metric, choices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +93,9 @@ class ImportanceConfig:
     Attributes:
         model: Model spec (embedded alias, local folder, ``.gguf`` or Hub id).
         metric: ``bi``, ``angular`` or ``loss`` (see ``minitron.importance``), or
-            ``task:<name>``: the error of an lm-eval task with each candidate removed.
+            ``task:<name>``: the error of an lm-eval task with each candidate removed;
+            or ``width``: activation importance of every embedding channel, attention
+            head and MLP neuron (``minitron.importance.width``), for width pruning.
         block_size: Layers per contiguous block scored besides single layers.
         data: Calibration text (not used by ``task:`` metrics).
         task: How a ``task:`` metric runs its task.
@@ -109,21 +114,26 @@ class ImportanceConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        check_metric(self.metric)
+        if self.metric != WIDTH:
+            check_metric(self.metric)
         if self.block_size < 1:
             raise MinitronError(f"block_size must be at least 1 (got {self.block_size})")
 
 
 def run_importance(
     config: ImportanceConfig, output: str | Path, overwrite: bool = False
-) -> ImportanceResult:
+) -> ImportanceResult | WidthScores:
     """The ``minitron importance`` command: load, score, write ``scores.json`` and a plot.
+
+    ``--metric width`` returns ``WidthScores`` and writes a PNG per kind of unit.
 
     Checks the output folder before loading anything; writes into a temporary
     folder renamed on success.
     """
     output = check_output_dir(output, overwrite)
     num_layers = load_config(config.model, config.trust_remote_code).num_hidden_layers
+    if config.metric == WIDTH:
+        return _run_width(config, output, overwrite)
     check_block_size(num_layers, config.block_size)  # fail before loading weights
     model, tokenizer = load_model(
         config.model, config.dtype, config.device, config.trust_remote_code
@@ -144,3 +154,22 @@ def run_importance(
         (tmp / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_importance(result, tmp / "importance.png", f"{config.model}: {config.metric}")
     return result
+
+
+def _run_width(config: ImportanceConfig, output: Path, overwrite: bool) -> WidthScores:
+    """``--metric width``: activation importance; ``scores.json`` and a PNG per kind."""
+    model, tokenizer = load_model(
+        config.model, config.dtype, config.device, config.trust_remote_code
+    )
+    data = load_text_data(config.data, tokenizer)
+    scores = width_importance(model, batches(data.calibration, config.data.batch_size))
+    scores.data = data.info
+    record = scores.to_dict() | {
+        "model": config.model,
+        "model_identity": model_identity(config.model),
+        "config": config_to_dict(config),
+    }
+    with atomic_output_dir(output, overwrite) as tmp:
+        (tmp / "scores.json").write_text(json.dumps(record) + "\n")
+        plot_width_importance(scores, tmp, f"{config.model}: width importance")
+    return scores

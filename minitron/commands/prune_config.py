@@ -20,7 +20,7 @@ class TargetConfig:
         top_k: Candidates closest to the budget that are pruned and scored by
             held-out KL divergence from the parent; the lowest is kept.
         layer_step: Layer counts considered: ``L, L - step, ...``.
-        hidden_step: Hidden sizes: multiples of this (and of ``head_dim``).
+        hidden_step: Hidden sizes: multiples of this that the candidate's heads divide.
         ffn_step: MLP widths: multiples of this.
         min_fraction: No dimension goes below this fraction of the parent's.
     """

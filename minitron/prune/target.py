@@ -54,7 +54,7 @@ class TargetGrid:
     Attributes:
         layer_step: Layer counts ``L, L - step, ...``.
         hidden_step: Hidden sizes: the parent's and multiples of this below it
-            (rounded up to a multiple of ``head_dim``).
+            (those the candidate's attention heads divide).
         ffn_step: MLP widths: the parent's and multiples of this below it.
         min_fraction: No dimension (layers, hidden, MLP, K/V groups) goes below
             this fraction of the parent's.
@@ -103,10 +103,9 @@ def budget_params(params: float | None, memory_gib: float | None) -> int:
     return int(memory_gib * GIB // 2)
 
 
-def _values(parent: int, step: int, floor: int, multiple_of: int = 1) -> list[int]:
-    """The parent's value and the multiples of ``step`` (and ``multiple_of``) from ``floor``."""
-    unit = step * multiple_of // math.gcd(step, multiple_of)
-    values = {parent} | set(range(unit, parent, unit))
+def _values(parent: int, step: int, floor: int) -> list[int]:
+    """The parent's value and the multiples of ``step`` from ``floor`` up, largest first."""
+    values = {parent} | set(range(step, parent, step))
     return sorted((v for v in values if v >= floor), reverse=True)
 
 
@@ -119,10 +118,7 @@ def grid_shapes(config: Any, grid: TargetGrid) -> list[tuple[int, WidthShape]]:
     depths = [
         n for n in range(layers_total, 0, -grid.layer_step) if n >= math.ceil(low * layers_total)
     ]
-    hiddens = _values(
-        parent.hidden_size, grid.hidden_step, math.ceil(low * parent.hidden_size),
-        head_dim_of(config),
-    )  # fmt: skip
+    hiddens = _values(parent.hidden_size, grid.hidden_step, math.ceil(low * parent.hidden_size))
     ffns = _values(
         parent.intermediate_size, grid.ffn_step, math.ceil(low * parent.intermediate_size)
     )
@@ -130,6 +126,7 @@ def grid_shapes(config: Any, grid: TargetGrid) -> list[tuple[int, WidthShape]]:
     return [
         (n, WidthShape(h, f, g * group, g))
         for n, h, f, g in itertools.product(depths, hiddens, ffns, groups)
+        if h % (g * group) == 0  # transformers' Llama config requires it
     ]
 
 

@@ -87,25 +87,24 @@ def requested_shape(config: Any, **widths: int | None) -> WidthShape:
 def check_shape(config: Any, shape: WidthShape) -> None:
     """Refuse a shape the parent cannot be cut to, in one line naming the problem.
 
+    ``head_dim`` is kept, so the hidden size need not be ``heads * head_dim``; but
+    transformers' ``LlamaConfig`` refuses a hidden size that is not a multiple of
+    the number of attention heads (it derived ``head_dim`` from them before
+    ``head_dim`` was a field), so that is required.
+
     Raises:
         MinitronError: A width above the parent's or below 1; a hidden size that is
-            not a whole number of heads' widths (``head_dim``); query heads that do
-            not split evenly over the K/V heads; more query heads per K/V group than
-            the parent's groups have.
+            not a multiple of the attention heads; query heads that do not split
+            evenly over the K/V heads; more query heads per K/V group than the
+            parent's groups have.
     """
     parent = parent_shape(config)
-    head_dim = head_dim_of(config)
     for key, value in shape.to_dict().items():
         before = getattr(parent, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise MinitronError(f"{key} must be a positive integer (got {value!r})")
         if value > before:
             raise MinitronError(f"{key} {value} is more than the parent's {before}")
-    if shape.hidden_size % head_dim:
-        raise MinitronError(
-            f"hidden_size {shape.hidden_size} is not a multiple of the heads' width "
-            f"head_dim={head_dim} (nearest: {_nearest_multiple(shape.hidden_size, head_dim)})"
-        )
     heads, kv = shape.num_attention_heads, shape.num_key_value_heads
     if heads % kv:
         raise MinitronError(
@@ -118,9 +117,17 @@ def check_shape(config: Any, shape: WidthShape) -> None:
             f"parent's groups have {group} (keep more K/V heads: at least {-(-heads // group)})"
         )
 
+    if shape.hidden_size % heads:
+        low, high = _multiples_around(shape.hidden_size, heads)
+        raise MinitronError(
+            f"hidden_size {shape.hidden_size} is not a multiple of num_attention_heads {heads} "
+            f"(transformers' Llama config requires it; nearest: {low} or {high})"
+        )
 
-def _nearest_multiple(value: int, step: int) -> int:
-    return max(step, round(value / step) * step)
+
+def _multiples_around(value: int, step: int) -> tuple[int, int]:
+    low = value // step * step
+    return max(low, step), low + step
 
 
 @dataclass
