@@ -144,7 +144,8 @@ def _print_width(report: dict[str, Any], parent: str) -> None:
     table.add_row("bf16 weights", f"{gib(2 * before)} -> {gib(2 * after)}")
     table.add_row("layers", f"{report['layers_before']} -> {report['layers_after']}")
     for label, key in _WIDTHS:
-        table.add_row(label, f"{report['shape_before'][key]} -> {report['shape_after'][key]}")
+        before, after = report["shape_before"][key], report["shape_after"][key]
+        table.add_row(label, "per block" if before is None else f"{before} -> {after}")
     table.add_row("head_dim", f"{report['head_dim']} (written to the config)")
     if report.get("dropped_layers") is not None:
         table.add_row("dropped layers", format_layers(report["dropped_layers"]) or "none")

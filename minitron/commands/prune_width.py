@@ -38,6 +38,7 @@ from minitron.prune.width import (
     check_shape,
     first_k_plan,
     head_dim_of,
+    is_nas,
     parent_shape,
     plan_width,
     requested_shape,
@@ -68,13 +69,13 @@ def check_width_request(config: PruneConfig) -> WidthRequest:
             to, a bad depth request, or a budget below the smallest candidate.
     """
     parent = load_config(config.parent, config.trust_remote_code)
-    if hasattr(parent, "block_configs"):
-        raise MinitronError(
-            "width pruning of nemotron-nas parents is not supported yet; "
-            "cut their FFN widths and K/V heads with block edits (rules)"
-        )
     num_layers = parent.num_hidden_layers
     per_layer_updates(parent, list(range(num_layers)), num_layers)  # refuse layer patterns early
+    if config.target is not None and is_nas(parent):
+        raise MinitronError(
+            "target searches Llama shapes; a nemotron-nas parent's blocks differ layer by "
+            "layer (give hidden_size, or block edits)"
+        )
     if config.target is not None:
         budget = budget_params(config.target.params, config.target.memory_gib)
         candidates = enumerate_candidates(parent, budget, config.target.grid)
@@ -214,7 +215,7 @@ def run_width_prune(
         "reason": depth.reason,
         "layers_after": len(depth.kept),
         "params_after": count_parameters(student),
-        "shape_after": _shape_of(plan),
+        "shape_after": _shape_of(plan, request.parent),
         "importance": "activations: mean |x| over the sequence, L2 norm over the batch",
     }
     if heldout and config.perplexity:
@@ -240,9 +241,12 @@ def run_width_prune(
     return record
 
 
-def _shape_of(plan: WidthPlan) -> dict[str, int]:
+def _shape_of(plan: WidthPlan, parent: Any) -> dict[str, int | None]:
+    heads = next(len(row) for row in plan.heads if row)
+    if is_nas(parent):  # FFN widths and K/V heads are per block
+        return WidthShape(len(plan.hidden), None, heads, None).to_dict()
     return WidthShape(
-        len(plan.hidden), len(plan.neurons[0]), len(plan.heads[0]), len(plan.kv_heads[0])
+        len(plan.hidden), len(plan.neurons[0]), heads, len(plan.kv_heads[0])
     ).to_dict()
 
 

@@ -53,8 +53,10 @@ def head_dim_of(config: Any) -> int:
 
 
 def parent_shape(config: Any) -> WidthShape:
-    """The widths of ``config`` itself."""
+    """The widths of ``config`` itself (nemotron-nas: ``None`` for the per-block widths)."""
     heads = config.num_attention_heads
+    if is_nas(config):
+        return WidthShape(config.hidden_size, None, heads, None)
     return WidthShape(
         config.hidden_size,
         config.intermediate_size,
@@ -70,6 +72,8 @@ def requested_shape(config: Any, **widths: int | None) -> WidthShape:
     heads still divide into them (fewer query heads per group), and otherwise
     keeps the parent's group size (fewer whole groups).
     """
+    if is_nas(config):
+        return _requested_nas(config, **widths)
     parent = parent_shape(config)
     values = {k: v for k, v in widths.items() if v is not None}
     shape = WidthShape(**(parent.to_dict() | values))
@@ -82,6 +86,52 @@ def requested_shape(config: Any, **widths: int | None) -> WidthShape:
         if kv is not None:
             shape = WidthShape(**(shape.to_dict() | {"num_key_value_heads": kv}))
     return shape
+
+
+def _requested_nas(config: Any, **widths: int | None) -> WidthShape:
+    """A nemotron-nas parent: hidden size and heads across all layers, tied by ``head_dim``.
+
+    Raises:
+        MinitronError: For per-block widths (FFN, K/V heads: block edits cut those), or a
+            hidden size and head count that do not keep the parent's ``head_dim``.
+    """
+    for key in ("intermediate_size", "num_key_value_heads"):
+        if widths.get(key) is not None:
+            raise MinitronError(
+                f"{key}: nemotron-nas layers have their own FFN widths and K/V heads; "
+                "cut those with block edits (rules) and give hidden_size here"
+            )
+    head_dim = head_dim_of(config)
+    hidden, heads = widths.get("hidden_size"), widths.get("num_attention_heads")
+    if hidden is not None and heads is None:
+        if hidden % head_dim:
+            raise MinitronError(
+                f"hidden_size {hidden} is not a multiple of head_dim {head_dim}: nemotron-nas "
+                "derives head_dim from hidden_size / num_attention_heads"
+            )
+        heads = hidden // head_dim
+    hidden = heads * head_dim if hidden is None and heads is not None else hidden
+    return WidthShape(hidden or config.hidden_size, None, heads or config.num_attention_heads, None)
+
+
+def _check_nas_shape(config: Any, shape: WidthShape) -> None:
+    head_dim = head_dim_of(config)
+    hidden, heads = shape.hidden_size, shape.num_attention_heads
+    if hidden != heads * head_dim:
+        raise MinitronError(
+            f"hidden_size {hidden} with {heads} heads changes head_dim {head_dim}: nemotron-nas "
+            f"derives it from hidden_size / num_attention_heads (use {heads * head_dim})"
+        )
+    for i, block in enumerate(config.block_configs):
+        if not block.attention.has_heads:
+            continue
+        group = block.attention.n_heads_in_group
+        kv = config.num_attention_heads // group
+        if heads % kv and heads % group:
+            raise MinitronError(
+                f"layer {i}: {heads} heads fit neither its {kv} K/V heads nor its groups "
+                f"of {group} query heads"
+            )
 
 
 def check_shape(config: Any, shape: WidthShape) -> None:
@@ -101,10 +151,15 @@ def check_shape(config: Any, shape: WidthShape) -> None:
     parent = parent_shape(config)
     for key, value in shape.to_dict().items():
         before = getattr(parent, key)
+        if before is None and value is None:
+            continue  # nemotron-nas: per-block widths
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise MinitronError(f"{key} must be a positive integer (got {value!r})")
         if value > before:
             raise MinitronError(f"{key} {value} is more than the parent's {before}")
+    if is_nas(config):
+        _check_nas_shape(config, shape)
+        return
     heads, kv = shape.num_attention_heads, shape.num_key_value_heads
     if heads % kv:
         raise MinitronError(
@@ -192,33 +247,51 @@ def plan_width(
         raise MinitronError(f"{len(layers)} layer indices for {scores.num_layers} scored layers")
     heads, kv = [], []
     for row, kv_count in zip(scores.heads, scores.num_key_value_heads, strict=True):
-        kept_heads, kept_kv = select_heads(
-            row, kv_count, shape.num_attention_heads, shape.num_key_value_heads
-        )
+        if not row:  # a nemotron-nas layer without softmax attention
+            heads.append([])
+            kv.append([])
+            continue
+        new_kv = shape.num_key_value_heads or _nas_kv(kv_count, len(row), shape)
+        kept_heads, kept_kv = select_heads(row, kv_count, shape.num_attention_heads, new_kv)
         heads.append(kept_heads)
         kv.append(kept_kv)
+    width = shape.intermediate_size
     return WidthPlan(
         layers=layers,
         hidden=_top(scores.hidden, shape.hidden_size),
         heads=heads,
         kv_heads=kv,
-        neurons=[_top(row, shape.intermediate_size) for row in scores.neurons],
+        neurons=[_top(row, width) if width else list(range(len(row))) for row in scores.neurons],
     )
+
+
+def _nas_kv(kv: int, heads: int, shape: WidthShape) -> int:
+    """A nemotron-nas layer's K/V heads after the cut: its own when the new query heads
+    divide over them (fewer per group), else its own group size kept (fewer groups)."""
+    new_heads = shape.num_attention_heads
+    return kv if new_heads % kv == 0 else new_heads // (heads // kv)
 
 
 def first_k_plan(config: Any, shape: WidthShape, layers: Sequence[int]) -> WidthPlan:
     """The plan keeping the first channels, groups and neurons (a baseline; dry runs)."""
-    group = config.num_attention_heads // parent_shape(config).num_key_value_heads
-    per_group = shape.num_attention_heads // shape.num_key_value_heads
-    kv = list(range(shape.num_key_value_heads))
-    heads = [g * group + h for g in kv for h in range(per_group)]
-    return WidthPlan(
-        layers=list(layers),
-        hidden=list(range(shape.hidden_size)),
-        heads=[heads for _ in layers],
-        kv_heads=[kv for _ in layers],
-        neurons=[list(range(shape.intermediate_size)) for _ in layers],
-    )
+    return plan_width(uniform_scores(config, layers), shape, layers)
+
+
+def uniform_scores(config: Any, layers: Sequence[int]) -> WidthScores:
+    """Equal scores for every unit of the ``layers`` of ``config`` (ties keep the first)."""
+    heads, kv, neurons = [], [], []
+    for i in layers:
+        if is_nas(config):
+            block = config.block_configs[i]
+            count = config.kv_heads(i) or 0
+            width = block.ffn.intermediate_size(config.hidden_size) or 0
+        else:
+            count = parent_shape(config).num_key_value_heads
+            width = config.intermediate_size
+        heads.append([0.0] * (config.num_attention_heads if count else 0))
+        kv.append(count)
+        neurons.append([0.0] * width)
+    return WidthScores([0.0] * config.hidden_size, heads, neurons, kv)
 
 
 def random_plan(
@@ -252,6 +325,8 @@ def pruned_config(config: Any, plan: WidthPlan) -> Any:
     Raises:
         MinitronError: If the layers keep different widths (a Llama config has one).
     """
+    if is_nas(config):
+        return _pruned_nas_config(config, plan)
     for name, rows in (("heads", plan.heads), ("K/V heads", plan.kv_heads)):
         if len({len(row) for row in rows}) > 1:
             raise MinitronError(f"every layer must keep the same number of {name}")
@@ -268,6 +343,39 @@ def pruned_config(config: Any, plan: WidthPlan) -> Any:
     new.num_attention_heads = len(plan.heads[0])
     new.num_key_value_heads = len(plan.kv_heads[0])
     return new
+
+
+def is_nas(config: Any) -> bool:
+    """True for a nemotron-nas (DeciLM) config: its layers have their own blocks."""
+    return getattr(config, "block_configs", None) is not None
+
+
+def _pruned_nas_config(config: Any, plan: WidthPlan) -> Any:
+    """A nemotron-nas config for the plan: hidden and heads across all layers; each kept
+    block keeps its FFN width (``ffn_mult`` rewritten for the new hidden size) and its
+    query heads per K/V head follow from the kept heads."""
+    from minitron.modeling import BlockConfig, intermediate_size_to_ffn_mult
+
+    hidden = len(plan.hidden)
+    heads = next((len(row) for row in plan.heads if row), config.num_attention_heads)
+    blocks = []
+    for new, old in enumerate(plan.layers):
+        block = config.block_configs[old].to_dict()
+        if plan.kv_heads[new]:
+            block["attention"]["n_heads_in_group"] = heads // len(plan.kv_heads[new])
+        if plan.neurons[new]:
+            width = len(plan.neurons[new])
+            block["ffn"]["ffn_mult"] = intermediate_size_to_ffn_mult(width, hidden)
+        blocks.append(BlockConfig.from_dict(block).to_dict())
+    data = config.to_dict() | {
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_hidden_layers": len(plan.layers),
+        "block_configs": blocks,
+    }
+    new_config = type(config).from_dict(data)
+    new_config._attn_implementation = config._attn_implementation
+    return new_config
 
 
 def _head_rows(heads: Sequence[int], head_dim: int) -> list[int]:
@@ -307,6 +415,8 @@ def _tensor_slices(plan: WidthPlan, head_dim: int) -> dict[str, tuple[Any, Any]]
             prefix + "mlp.up_proj.bias": (neurons, None),
             prefix + "mlp.down_proj.weight": (hidden, neurons),
             prefix + "mlp.down_proj.bias": (hidden, None),
+            prefix + "self_attn.linear_attn.weight": (hidden, hidden),  # nemotron-nas
+            prefix + "mlp.linear_mlp.weight": (hidden, hidden),
         }
     return slices
 
