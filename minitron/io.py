@@ -166,6 +166,28 @@ def _hf_location(source: ModelSource) -> str:
     return str(embedded_model_dir(source.spec)) if source.kind == "embedded" else source.location
 
 
+def load_tokenizer(spec: str, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer alone (the embedded model's from its GGUF, no weights read).
+
+    Raises:
+        MinitronError: If the model cannot be found or its tokenizer read.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model(spec)
+    if source.kind == "embedded" and not (_embedded_cache(spec) / "config.json").is_file():
+        source = ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
+    try:
+        if source.kind == "gguf":
+            path = Path(source.location)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(
+            _hf_location(source), trust_remote_code=trust_remote_code
+        )
+    except Exception as err:  # hub, json and GGUF readers raise many types
+        raise _load_error(spec, err) from None
+
+
 def load_config(spec: str, trust_remote_code: bool = False) -> Any:
     """The model's ``PretrainedConfig``, without weights (a config-only folder is enough)."""
     from transformers import AutoConfig

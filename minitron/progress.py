@@ -8,6 +8,7 @@ allows only one at a time), each as a line of its own.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -67,3 +68,24 @@ def status(message: str) -> Iterator[None]:
     """A spinner with ``message`` while a step of unknown length runs."""
     with _task(message, None):
         yield
+
+
+@contextlib.contextmanager
+def counting(
+    description: str, total: int | None = None, unit: str = "tokens"
+) -> Iterator[Callable[[int], None]]:
+    """A bar (or, without ``total``, a counter) that also shows ``unit``/s so far."""
+    start = time.perf_counter()
+    done = 0
+    with _task(description, total) as advance:
+        display = _live[0]
+        task = display.tasks[-1].id
+
+        def add(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            display.update(task, description=f"{description}: {done:,} {unit} ({rate:,.0f}/s)")
+            advance(n)
+
+        yield add

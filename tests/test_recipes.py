@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaConfig
 
+from minitron.commands.data import PrepareConfig
 from minitron.commands.distill import DistillConfig
 from minitron.commands.prune import PruneConfig, dry_run
 from minitron.config import load_recipe
@@ -19,13 +20,17 @@ from minitron.nas.rules import resolve_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
-CONFIGS = {"prune": PruneConfig, "distill": DistillConfig}
+CONFIGS = {"prune": PruneConfig, "distill": DistillConfig, "data prepare": PrepareConfig}
 
 
 def header_command(recipe: Path) -> list[str]:
+    """``["minitron", command, recipe path, ...]``; ``data prepare`` counts as one command."""
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# minitron "), f"{recipe} must open with the command that runs it"
-    return shlex.split(first.removeprefix("# "))
+    words = shlex.split(first.removeprefix("# "))
+    if words[1:3] == ["data", "prepare"]:
+        words = [words[0], "data prepare", *words[3:]]
+    return words
 
 
 def test_there_are_recipes():
@@ -52,6 +57,8 @@ def test_recipe_parses_into_its_command_config(recipe):
 def input_models(config) -> list[str]:
     """The model specs a recipe reads. A distill student under runs/ is the output of
     another recipe and need not exist yet; it must be one of the prune recipes' outputs."""
+    if isinstance(config, PrepareConfig):
+        return [config.tokenizer]
     if not isinstance(config, DistillConfig):
         return [config.parent]
     if config.student.startswith("runs/") and not (ROOT / config.student).exists():

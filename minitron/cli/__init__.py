@@ -5,6 +5,7 @@ One module per command; importing them registers each on the shared Typer ``app`
 
 from minitron.cli import (  # noqa: F401  (registers the commands)
     bench,
+    data,
     distill,
     eval,
     importance,

@@ -30,7 +30,8 @@ app = typer.Typer(
     name="minitron",
     help="Compress Llama-family models with NVIDIA's Minitron and Puzzle recipes on plain "
     "transformers checkpoints: score layers (importance), drop layers or edit blocks (prune), "
-    "recover by distillation (distill), then measure (eval, bench, report). "
+    "recover by distillation (distill; data prepare tokenizes its data once), then measure "
+    "(eval, bench, report). "
     "Layer indices are 0-indexed everywhere.",
     no_args_is_help=True,
     add_completion=False,
