@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -41,40 +40,38 @@ from minitron.modeling.cache_api import (
 from minitron.modeling.configuration import DeciLMConfig
 
 
+class _LayerView:
+    """``config`` as one layer sees it: the shared fields, with this layer's own widths.
+
+    Llama's ``__init__`` reads the K/V heads and the FFN width from its config; a
+    nemotron-nas layer has its own. Running Llama's own ``__init__`` on this view
+    (instead of re-implementing it) keeps whatever transformers adds there, such as
+    5.25's kernel wrappers (``_kernel_funcs``) that its ``forward`` relies on.
+    """
+
+    def __init__(self, config: DeciLMConfig, **own: int):
+        self._config, self._own = config, own
+
+    def __getattr__(self, name: str):
+        own = self.__dict__.get("_own", {})
+        return own[name] if name in own else getattr(self.__dict__["_config"], name)
+
+
 class DeciLMAttention(LlamaAttention):
     """Llama attention with this layer's own number of K/V heads (forward is Llama's)."""
 
     def __init__(self, config: DeciLMConfig, layer_idx: int, num_key_value_heads: int):
-        nn.Module.__init__(self)
-        self.config = config
-        self.layer_idx = layer_idx
-        self.head_dim = config.head_dim
-        self.num_key_value_groups = config.num_attention_heads // num_key_value_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = True
-        hidden, bias = config.hidden_size, config.attention_bias
-        q_out = config.num_attention_heads * self.head_dim
-        kv_out = num_key_value_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, q_out, bias=bias)
-        self.k_proj = nn.Linear(hidden, kv_out, bias=bias)
-        self.v_proj = nn.Linear(hidden, kv_out, bias=bias)
-        self.o_proj = nn.Linear(q_out, hidden, bias=bias)
+        view = _LayerView(config, num_key_value_heads=num_key_value_heads, head_dim=config.head_dim)
+        super().__init__(view, layer_idx)
+        self.config = config  # the real config: forward reads its attention implementation
 
 
 class DeciLMMLP(LlamaMLP):
     """Llama's SwiGLU FFN with this layer's own width (forward is Llama's)."""
 
     def __init__(self, config: DeciLMConfig, intermediate_size: int):
-        nn.Module.__init__(self)
+        super().__init__(_LayerView(config, intermediate_size=intermediate_size))
         self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = intermediate_size
-        bias = config.mlp_bias
-        self.gate_proj = nn.Linear(self.hidden_size, intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(self.hidden_size, intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(intermediate_size, self.hidden_size, bias=bias)
-        self.act_fn = ACT2FN[config.hidden_act]
 
 
 class DeciLMLinearAttention(nn.Module):
@@ -206,13 +203,18 @@ class DeciLMModel(DeciLMPreTrainedModel):
         cache = pick_cache(cache, past_key_values)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        has_attention = any(b.attention.has_heads for b in self.config.block_configs)
+        first = next(
+            (i for i, b in enumerate(self.config.block_configs) if b.attention.has_heads), None
+        )
+        has_attention = first is not None
         if not has_attention:  # nothing to cache, no positions or mask needed
             cache = None
         elif use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = DeciLMCache(config=self.config)
         if position_ids is None:
-            seen = cache.get_seq_length() if cache is not None else 0
+            # The first layer with attention holds the cache's length: layer 0 may hold
+            # none (transformers >= 5.25 no longer looks past a cache-less layer 0 itself).
+            seen = cache.get_seq_length(first) if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + seen
             position_ids = position_ids.unsqueeze(0)
         causal_mask = None
@@ -240,6 +242,20 @@ class DeciLMModel(DeciLMPreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{OUTPUT_FIELD: cache})
 
 
+class DeciLMCache(DynamicCache):
+    """A ``DynamicCache`` whose length, asked of layer 0, comes from the first layer that
+    holds a cache. transformers up to 5.24 looked past a cache-less layer 0 itself; 5.25
+    asks layer 0 (a ``DummyLayer`` when it has no attention) and fails in ``generate``."""
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx == 0:
+            for index, layer in enumerate(self.layers):
+                if hasattr(layer, "get_seq_length"):
+                    return super().get_seq_length(index)
+            return 0
+        return super().get_seq_length(layer_idx)
+
+
 class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
     """nemotron-nas causal LM (``architectures: ["DeciLMForCausalLM"]``)."""
 
@@ -251,6 +267,13 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """transformers' own cache for ``generate``, made a ``DeciLMCache`` (same state)."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get(CACHE_KWARG)
+        if type(cache) is DynamicCache:
+            cache.__class__ = DeciLMCache
 
     def forward(
         self,
