@@ -66,6 +66,49 @@ class DataConfig:
             raise MinitronError(f"data.heldout must be 0 or more (got {self.heldout})")
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    """``data.prepared`` of a distill recipe: one prepared dataset and its weight.
+
+    Attributes:
+        path: The prefix of a ``.bin`` / ``.idx`` pair (``runs/data/web/fineweb``),
+            written by ``minitron data prepare``, NeMo or Megatron-LM.
+        weight: Its share of the training sequences (weights are normalised).
+    """
+
+    path: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise MinitronError(f"data.prepared: weight of {self.path} must be above 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillDataConfig(DataConfig):
+    """``data`` of ``minitron distill``: text packed in memory, or prepared datasets.
+
+    Attributes:
+        prepared: Prepared datasets and their weights, read as a blend through
+            megatron-core (``source``, ``subset``, ``split``, ``text_column``,
+            ``streaming`` and ``samples`` are then not used).
+        max_epochs: Refuse a run that reads any prepared dataset more often than this.
+        index_cache: Where megatron-core's index caches go (default: the run's work
+            folder); storage every node sees.
+    """
+
+    prepared: list[PreparedData] | None = None
+    max_epochs: float = 1.0
+    index_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prepared is not None and not self.prepared:
+            raise MinitronError("data.prepared: give at least one prepared dataset")
+        if not self.max_epochs > 0:
+            raise MinitronError(f"data.max_epochs must be above 0 (got {self.max_epochs})")
+
+
 def parse_config(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types.
 

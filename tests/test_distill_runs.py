@@ -41,6 +41,10 @@ optim: {{lr: 0.003, min_lr: 0.0003, warmup_steps: 3}}
 
 @pytest.fixture
 def models(tmp_path):
+    return save_pair(tmp_path)
+
+
+def save_pair(tmp_path):
     """A 4-layer teacher and a 2-layer student of the same (larger) tiny shape."""
     big = {"hidden_size": 64, "intermediate_size": 128}
     tiny_llama(4, seed=0, **big).save_pretrained(tmp_path / "teacher")

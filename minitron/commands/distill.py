@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from minitron.config import DataConfig, Dtype
+from minitron.config import DistillDataConfig, Dtype
 from minitron.distill.data import Layout, passes_needed
 from minitron.distill.precision import (
     AS_SET,
@@ -58,7 +58,8 @@ class DistillConfig:
         teacher: Model spec of the teacher (the parent), frozen.
         student: Model spec of the student (the pruned checkpoint).
         data: Training and held-out text: ``samples`` training sequences and
-            ``heldout`` validation sequences of ``seq_len`` tokens;
+            ``heldout`` validation sequences of ``seq_len`` tokens packed in memory,
+            or ``prepared`` datasets read as a blend (``minitron data prepare``);
             ``batch_size`` is the micro-batch per device.
         max_steps: Optimizer steps.
         grad_accum: Micro-batches per optimizer step and device. The global
@@ -90,7 +91,7 @@ class DistillConfig:
 
     teacher: str
     student: str
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    data: DistillDataConfig = dataclasses.field(default_factory=DistillDataConfig)
     max_steps: int = 100
     grad_accum: int = 1
     seed: int = 0
@@ -302,6 +303,85 @@ def wrap_note(sequences: int, config: DistillConfig, layout: Layout) -> str | No
     )
 
 
+class PreparedDistillData:
+    """The prepared datasets of a run: checked against the student's tokenizer before
+    weights load, against the run's length once the global batch is known, and handed
+    to the module as a ``LazyBlend`` (``calibration``; ``heldout`` is ``None``: the
+    blend has its own held-out split)."""
+
+    def __init__(self, config: DistillConfig, work: Path):
+        from minitron.distill.prepared import check_prepared_run
+        from minitron.io import load_tokenizer
+        from minitron.prepared.build import vocab_hash
+        from minitron.prepared.read import Prepared
+
+        self.config = config
+        data = config.data
+        self.sources = [Prepared(p.path, p.weight) for p in data.prepared]
+        tokenizer = load_tokenizer(config.student, config.trust_remote_code)
+        self.vocab = vocab_hash(tokenizer)
+        self.vocab_size, self.eod = len(tokenizer), tokenizer.eos_token_id
+        self.cache_dir = str(Path(data.index_cache) if data.index_cache else work / "index-cache")
+        self.run = check_prepared_run(self.sources, data.seq_len, 0, data.max_epochs, self.vocab)
+        self.notes = [
+            "data.prepared is read: data.source, subset, split, text_column, streaming and "
+            "samples are not used"
+        ] + [
+            f"{path} has no data.json beside it (prepared elsewhere?): its vocabulary is not "
+            "checked against the student's"
+            for path in self.run.unverified
+        ]
+        self.heldout = None
+
+    @property
+    def calibration(self):
+        """A fresh ``LazyBlend`` (teacher correction and distillation each build their own)."""
+        from minitron.distill.prepared import LazyBlend
+
+        data = self.config.data
+        self.blend = LazyBlend(
+            self.run, self.config.seed, data.heldout, self.vocab_size, self.eod, self.cache_dir
+        )
+        return self.blend
+
+    def check(self, sequences: int) -> None:
+        """Refuse a run that reads a dataset more than ``data.max_epochs`` times."""
+        from minitron.distill.prepared import check_prepared_run
+
+        data = self.config.data
+        tokens = sequences * data.seq_len
+        self.run = check_prepared_run(
+            self.sources, data.seq_len, tokens, data.max_epochs, self.vocab
+        )
+
+    def passes(self, sequences: int) -> float:
+        """The most times the first ``sequences`` positions read any dataset."""
+        from minitron.distill.prepared import check_prepared_run
+
+        data = self.config.data
+        run = check_prepared_run(
+            self.sources, data.seq_len, sequences * data.seq_len, float("inf"), self.vocab
+        )
+        return max(run.epochs().values())
+
+    def note(self, sequences: int) -> str:
+        tokens = sequences * self.config.data.seq_len
+        distinct = sum(self.run.tokens.values())
+        return (
+            f"the run reads {tokens:,} tokens from {len(self.sources)} prepared dataset(s) of "
+            f"{distinct:,} tokens (at most {self.passes(sequences):.2f} epochs of any)"
+        )
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.run.info()
+
+
+def prepared_data(config: DistillConfig, work: Path) -> PreparedDistillData:
+    """The checked prepared datasets of ``config`` (before any weights load)."""
+    return PreparedDistillData(config, work)
+
+
 def load_pair(config: DistillConfig) -> tuple[nn.Module, nn.Module, Any]:
     """Teacher (frozen, in ``teacher_dtype``) and student (fp32 master weights) on the CPU."""
     from minitron.io import load_model
@@ -340,9 +420,10 @@ def run_distill(
     work = check_inputs(config, output, overwrite, resume)
     recipe = dataclasses.asdict(config)
     config, precision_reason = with_precision(config)
+    prepared = prepared_data(config, work) if config.data.prepared else None
     teacher, student, tokenizer = load_pair(config)
     dtype = saved_dtype(student, config.student)
-    data = load_text_data(config.data, tokenizer)
+    data = prepared or load_text_data(config.data, tokenizer)
     torch.manual_seed(config.seed)
     if config.teacher_correction.enabled:
         teacher = correct_teacher(config, teacher, data, work)
@@ -352,14 +433,20 @@ def run_distill(
     module = build_module(
         config, teacher, student, data.calibration, data.heldout, trainer.world_size
     )
-    note = wrap_note(len(data.calibration), config, module.layout)
+    if prepared:
+        prepared.check(config.max_steps * module.layout.global_batch)
+        note = prepared.note(config.max_steps * module.layout.global_batch)
+    else:
+        note = wrap_note(len(data.calibration), config, module.layout)
     if trainer.is_global_zero:
         from minitron.progress import console
 
         if precision_reason != AS_SET:  # chosen by auto, or forced bf16 that is emulated here
             console.print(f"precision: {config.precision} ({precision_reason})", highlight=False)
+        for line in prepared.notes if prepared else []:
+            console.print(f"[yellow]note:[/] {line}", highlight=False)
         if note:
-            console.print(f"[yellow]note:[/] {note}")
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     fit(trainer, module, work, resume)
     state = trainer.strategy.lightning_module_state_dict()  # a collective under FSDP
     if not trainer.is_global_zero:
@@ -376,7 +463,10 @@ def run_distill(
         "tokens_seen": trainer.global_step * module.tokens_per_step,
         "global_batch": module.layout.global_batch,
         "data_passes": round(
-            passes_needed(len(data.calibration), trainer.global_step, module.layout), 4
+            prepared.passes(trainer.global_step * module.layout.global_batch)
+            if prepared
+            else passes_needed(len(data.calibration), trainer.global_step, module.layout),
+            4,
         ),
         "data": data.info,
         "start": module.val_history[0] if module.val_history else None,
@@ -388,6 +478,9 @@ def run_distill(
         "precision_reason": precision_reason,
         "recipe": recipe,
     }
+    if prepared:
+        sequences = trainer.global_step * module.layout.global_batch
+        record["tokens_per_source"] = module.blend.tokens_per_source(sequences)
     return export_student(config, state, student, tokenizer, output, overwrite, dtype, record)
 
 

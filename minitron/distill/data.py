@@ -7,7 +7,8 @@ per micro-batch reads global positions ``s·G .. (s+1)·G - 1`` (``G = W·A·m``
 micro-batch ``j`` of rank ``r`` takes the ``m`` positions starting at
 ``s·G + (j·W + r)·m``. So a run resumed at step ``s`` reads exactly what an
 uninterrupted run would, and one process with ``m = 4`` sees the same global
-batch as two with ``m = 2``.
+batch as two with ``m = 2``. A blend of prepared datasets is already ordered by its
+own seed: position ``p`` reads its sequence ``p`` (``PositionOrder``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class SeededOrder:
         return out
 
 
+class PositionOrder:
+    """Global position -> itself: for prepared blends, whose own seed fixes the order."""
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        return torch.arange(start, start + count)
+
+
 class StepBatches(IterableDataset):
     """This rank's micro-batches ``[m, T]`` from optimizer step ``start_step`` on, forever.
 
@@ -81,8 +89,9 @@ class StepBatches(IterableDataset):
         self, tokens: torch.Tensor, seed: int, layout: Layout, rank: int = 0, start_step: int = 0
     ):
         super().__init__()
-        self.tokens = tokens  # [N, T] int64
-        self.order = SeededOrder(len(tokens), seed)
+        self.tokens = tokens  # [N, T] int64, or sequences by global position (a blend)
+        positional = getattr(tokens, "by_position", False)  # already shuffled by its seed
+        self.order = PositionOrder() if positional else SeededOrder(len(tokens), seed)
         self.layout = layout
         self.rank = rank
         self.start_step = start_step

@@ -61,8 +61,10 @@ class DistillModule(L.LightningModule):
             and ``.lm_head``); changed in place by training.
         teacher: Frozen causal LM with the same vocabulary, or ``None`` for LM
             training alone (teacher correction). Never changed.
-        train_tokens: ``[N, T]`` packed training sequences.
-        val_tokens: ``[M, T]`` held-out sequences, never trained on.
+        train_tokens: ``[N, T]`` packed training sequences, or a ``LazyBlend`` of
+            prepared datasets (built in ``setup``).
+        val_tokens: ``[M, T]`` held-out sequences, never trained on (``None`` with a
+            ``LazyBlend``, which has its own).
         optim: Optimizer and schedule.
         loss: Objective.
         max_steps: Optimizer steps of the whole run (for the schedule).
@@ -74,8 +76,8 @@ class DistillModule(L.LightningModule):
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        train_tokens: torch.Tensor,
-        val_tokens: torch.Tensor,
+        train_tokens: Any,
+        val_tokens: torch.Tensor | None,
         optim: OptimConfig,
         loss: LossConfig,
         max_steps: int,
@@ -86,6 +88,7 @@ class DistillModule(L.LightningModule):
         self.student = student
         self._teacher = (teacher,) if teacher is not None else ()  # a tuple hides it from nn
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
+        self.blend = None  # the LazyBlend of a prepared-data run, once set up
         self.optim, self.loss_config = optim, loss
         self.max_steps, self.layout, self.seed = max_steps, layout, seed
         self.kd_loss = ChunkedKDLoss(
@@ -104,7 +107,23 @@ class DistillModule(L.LightningModule):
 
     @property
     def tokens_per_step(self) -> int:
-        return self.layout.global_batch * self.train_tokens.shape[1]
+        return self.layout.global_batch * self.seq_len
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence."""
+        lazy = getattr(self.train_tokens, "seq_len", None)
+        return lazy if lazy is not None else self.train_tokens.shape[1]
+
+    def setup(self, stage: str) -> None:
+        """Prepared data: build the blend now that every rank has its process group
+        (rank 0 writes megatron-core's index caches; the others read them)."""
+        if hasattr(self.train_tokens, "open"):
+            self.blend = self.train_tokens
+            # Two steps of slack: the loader fetches ahead of the step that ends the run.
+            self.train_tokens, self.val_tokens = self.blend.open(
+                (self.max_steps + 2) * self.layout.global_batch
+            )
 
     # ---- setup ----
     def on_fit_start(self) -> None:

@@ -98,6 +98,8 @@ def check_prepared(sources: Sequence[Prepared]) -> None:
 class BlendedSequences:
     """``[m, T]`` sequences of a blend by global position; which dataset each came from."""
 
+    by_position = True  # StepBatches reads position p as sequence p (no second shuffle)
+
     def __init__(self, blend: Any, seq_len: int, paths: list[str]):
         self.blend = blend
         self.seq_len = seq_len
