@@ -209,3 +209,26 @@ def test_embedded_corpus_prepared_opens_in_megatron_and_matches_every_document(t
         total += len(expected)
     assert total == manifest["tokens"]
     assert manifest["dtype"] == "uint16" and manifest["bytes_per_token"] == 2
+
+
+def test_hub_sources_stream_with_their_columns(tmp_path, tiny_checkpoint, monkeypatch):
+    """A Hub id goes to datasets.load_dataset(..., streaming=True); rows are read in order."""
+    import datasets
+
+    calls = []
+
+    def fake_load(path, subset=None, split=None, streaming=False):
+        calls.append((path, subset, split, streaming))
+        return iter([{"body": "streamed one"}, {"body": ""}, {"body": "streamed two"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    source = {"name": "hub", "path": "someone/corpus", "subset": "en", "split": "train",
+              "text_column": "body"}  # fmt: skip
+    manifest = prepare(tmp_path, tiny_checkpoint, [source])
+    assert calls == [("someone/corpus", "en", "train", True)]
+    assert manifest["sources"]["hub"]["documents"] == 2
+    tokenizer = char_tokenizer()
+    assert documents(tmp_path / "out/hub")[1] == tokenizer("streamed two")["input_ids"] + [1]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: iter([{"text": "x"}]))
+    with pytest.raises(MinitronError, match="row 1: no column 'body'"):
+        prepare(tmp_path / "again", tiny_checkpoint, [source])
