@@ -12,6 +12,7 @@ from transformers import LlamaConfig
 from minitron.commands.data import PrepareConfig
 from minitron.commands.distill import DistillConfig
 from minitron.commands.prune import PruneConfig, dry_run
+from minitron.commands.search import SearchConfig
 from minitron.config import load_recipe
 from minitron.io import resolve_model
 from minitron.modeling import BlockConfig, nas_config_from_llama
@@ -20,7 +21,12 @@ from minitron.nas.rules import resolve_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
-CONFIGS = {"prune": PruneConfig, "distill": DistillConfig, "data prepare": PrepareConfig}
+CONFIGS = {
+    "prune": PruneConfig,
+    "distill": DistillConfig,
+    "data prepare": PrepareConfig,
+    "search": SearchConfig,
+}
 
 
 def header_command(recipe: Path) -> list[str]:

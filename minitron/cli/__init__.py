@@ -11,6 +11,7 @@ from minitron.cli import (  # noqa: F401  (registers the commands)
     importance,
     prune,
     report,
+    search,
 )
 from minitron.cli.app import app, run
 

@@ -34,7 +34,7 @@ def check_engine(engine: str | None, config: DeciLMConfig) -> None:
         raise MinitronError(f"serve_with must be one of {', '.join(ENGINES)} (got {engine!r})")
     name = NAMES[engine]
     for i, block in enumerate(config.block_configs):
-        refused = _refused_kinds(engine, i, block)
+        refused = refused_kinds(engine, i, block)
         if refused:
             raise MinitronError(
                 f"serve_with {engine}: layer {i} has {refused[0]}, which {name} cannot serve"
@@ -43,7 +43,7 @@ def check_engine(engine: str | None, config: DeciLMConfig) -> None:
         _check_llamacpp_model(config)
 
 
-def _refused_kinds(engine: str, layer: int, block: Any) -> list[str]:
+def refused_kinds(engine: str, layer: int, block: Any) -> list[str]:
     attention, ffn = block.attention, block.ffn
     refused = []
     if engine == "vllm":
