@@ -11,6 +11,7 @@ allowed versions; ``make lock`` runs ``write`` from that environment.
 from __future__ import annotations
 
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -41,9 +42,16 @@ def read_lock(path: str | Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """``{canonical name: version}`` of the distributions in this environment."""
+    """``{canonical name: version}`` of the distributions installed in this environment.
+
+    Only the environment's own site-packages are read, not everything on ``sys.path``:
+    importing setuptools (torch's cpp_extension does, and megatron-core imports that)
+    appends ``setuptools/_vendor`` to ``sys.path``, whose vendored copies are not
+    installed packages.
+    """
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     found = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=paths):
         name = canonicalize_name(dist.metadata["Name"] or "")
         if name and name not in UNPINNED:
             found[name] = dist.version

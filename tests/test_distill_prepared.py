@@ -110,3 +110,20 @@ def test_missing_prepared_dataset_is_one_line(tmp_path, models, prepared):
     recipe = write(tmp_path, models, (tmp_path / "nope", prepared[1]))
     done = minitron("distill", recipe, "--output", tmp_path / "out")
     assert_user_error(done, "prepared dataset not found")
+
+
+def test_ddp_on_two_processes_reads_what_one_process_reads(tmp_path, models, prepared):
+    """2 gloo ranks of micro-batch 1 against 1 rank of micro-batch 2 (same global batch):
+    the same sequences at every position, so the same losses and tokens per source."""
+    one = write(tmp_path, models, prepared, steps=4, name="one.yaml")
+    run_ok(one, "--output", tmp_path / "one", "--set", "data.batch_size=2",
+           "--set", "checkpoint_every=4")  # fmt: skip
+    run_ok(one, "--output", tmp_path / "two", "--set", "data.batch_size=1", "--set", "strategy=ddp",
+           "--set", "devices=2", "--set", "checkpoint_every=4")  # fmt: skip
+    (single, _), (ddp, _) = result(tmp_path / "one"), result(tmp_path / "two")
+    assert ddp["global_batch"] == single["global_batch"] == 4
+    a = [r["train_loss"] for r in single["history"]]
+    b = [r["train_loss"] for r in ddp["history"]]
+    print("1 process", a, "\n2 processes", b)
+    assert b == pytest.approx(a, rel=1e-4)
+    assert ddp["tokens_per_source"] == single["tokens_per_source"]
