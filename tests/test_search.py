@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from minitron.commands.prune import PruneConfig
 from minitron.commands.search import SearchConfig, library_record
 from minitron.config import load_recipe, parse_config
 from minitron.errors import MinitronError
@@ -146,8 +147,80 @@ def test_bad_search_requests(tmp_path, nas_ready):
             library_record(load_recipe(recipe, SearchConfig))
     recipe = write_recipe(tmp_path, f"parent: {tiny_checkpoint}\nattention: {{kv_heads: [3]}}\n")
     assert_user_error(minitron("search", recipe, "--dry-run"), "do not divide")
-    recipe = write_recipe(tmp_path, f"parent: {tiny_checkpoint}\n")
-    assert_user_error(minitron("search", recipe), "runs only with --dry-run so far")
     config = parse_config(SearchConfig, {"parent": str(tiny_checkpoint), "serve_with": "vllm"})
     kinds = {json.dumps(v["attention"]) for v in library_record(config)["layers"][0]["variants"]}
     assert not any('"replace_with_linear": true' in k for k in kinds)  # vLLM: no linear
+
+
+def test_replace_one_block_scores_equal_a_physically_edited_model():
+    """Each score against a slow reference: the whole parent copied, that one layer edited
+    by apply_block_configs (its own calibration), full forward, KL by the formula."""
+    import copy
+
+    import torch
+
+    from minitron.modeling import llama_to_nas
+    from minitron.nas import apply_block_configs
+    from minitron.search.scores import replace_one_block_scores
+    from tests.conftest import random_batches
+    from tests.nas_helpers import tiny_nas_llama
+
+    parent = llama_to_nas(tiny_nas_llama(3)).eval()
+    library = build_library(
+        parent.config, AttentionSpace((4, 1)), FFNSpace(fractions=(1.0, 0.5), linear=True)
+    )
+    calibration, heldout = random_batches(), random_batches(seed=5)
+    before = {k: v.clone() for k, v in parent.state_dict().items()}
+    scores = replace_one_block_scores(parent, library, calibration, heldout)
+    assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    rng = random.Random(1)
+    for layer in range(3):
+        for v in rng.sample(range(len(library.layers[layer])), 4):
+            blocks = list(parent.config.block_configs)
+            blocks[layer] = library.layers[layer][v]
+            child = copy.deepcopy(parent)
+            apply_block_configs(child, blocks, calibration)
+            total = count = 0
+            with torch.no_grad():
+                for ids in heldout:
+                    p = parent(ids).logits[:, :-1].double().log_softmax(-1)
+                    q = child(ids).logits[:, :-1].double().log_softmax(-1)
+                    total += (p.exp() * (p - q)).sum().item()
+                    count += ids[:, 1:].numel()
+            assert scores.kl[layer][v] == pytest.approx(total / count, rel=1e-4, abs=1e-6)
+    assert min(min(row) for row in scores.kl) == 0.0  # the parent's own block
+
+
+def test_search_run_on_a_tiny_model_respects_the_budget(tmp_path):
+    """Scores -> MIP -> realised solutions; the written model has the recorded size."""
+    from transformers import AutoModelForCausalLM
+
+    import minitron  # noqa: F401  (nemotron-nas Auto classes)
+    from minitron.commands.search import run_search
+    from tests.conftest import char_tokenizer
+    from tests.nas_helpers import tiny_nas_llama
+
+    folder = tmp_path / "parent"
+    tiny_nas_llama(3).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    config = parse_config(SearchConfig, {
+        "parent": str(folder), "attention": {"kv_heads": [4, 1]},
+        "ffn": {"fractions": [1.0, 0.5], "linear": False},
+        "constraints": {"params": 200_000}, "solutions": 3, "max_shared": 2,
+        "data": {"samples": 2, "heldout": 2, "seq_len": 16, "batch_size": 2},
+    })  # fmt: skip
+    result = run_search(config, tmp_path / "out")
+    record = json.loads((tmp_path / "out/search.json").read_text())
+    best = record["solutions"][0]
+    assert best["params"] <= 200_000 and len(record["solutions"]) == 3
+    kls = [s["realised_kl"] for s in record["solutions"]]
+    assert kls == sorted(kls)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out/model")
+    assert sum(p.numel() for p in model.parameters()) == best["params"]
+    blocks = [b.to_dict() for b in model.config.block_configs]
+    assert blocks == best["block_configs"]
+    library = json.loads((tmp_path / "out/library.json").read_text())
+    assert all(v["score"] is not None for layer in library["layers"] for v in layer["variants"])
+    assert result["solver"]["status"]
+    recipe = load_recipe(tmp_path / "out/blocks.yaml", PruneConfig)
+    assert recipe.block_configs == best["block_configs"]

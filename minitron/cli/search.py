@@ -11,7 +11,6 @@ from rich.table import Table
 
 from minitron.cli.app import app, gib, guarded, out
 from minitron.config import load_recipe
-from minitron.errors import MinitronError
 
 
 @app.command()
@@ -25,19 +24,29 @@ def search(
     dry_run: Annotated[
         bool, typer.Option(help="Library and costs from the parent's config only; no weights.")
     ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Output folder [default: recipe's output, else runs/<folder>/<name>]."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print library.json instead of tables.")
     ] = False,
 ) -> None:
     """The Puzzle search: per-layer block variants, their costs, one variant per layer."""
-    from minitron.commands.search import SearchConfig, library_record
+    from minitron.commands.search import SearchConfig, library_record, run_search
 
     config = load_recipe(recipe, SearchConfig, set_ or [])
     if not dry_run:
-        raise MinitronError(
-            "minitron search runs only with --dry-run so far (library and costs); "
-            "BLD, replace-1-block scores, the MIP on them and the realised model are not built yet"
-        )
+        target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
+        result = run_search(config, target, overwrite)
+        if json_output:
+            typer.echo(json.dumps({k: v for k, v in result.items() if k != "recipe"}, indent=2))
+            return
+        _print_solutions(result)
+        out.print(f"wrote {target}/model (import minitron, then AutoModelForCausalLM), "
+                  f"search.json, library.json, blocks.yaml")  # fmt: skip
+        return
     record = library_record(config)
     if json_output:
         typer.echo(json.dumps(record, indent=2))
@@ -72,3 +81,22 @@ def _kind(sub: dict, which: str) -> str:
     return (
         f"g{sub['n_heads_in_group']}" if which == "attention" else f"ffn_mult {sub['ffn_mult']:g}"
     )
+
+
+def _print_solutions(result: dict) -> None:
+    table = Table(title=f"solutions of the search on {result['parent']} (best realised KL first)")
+    for name in ("MIP rank", "params", "summed score", "realised KL", "perplexity"):
+        table.add_column(name, justify="right")
+    for i, s in enumerate(result["solutions"]):
+        table.add_row(
+            str(s["rank_by_summed_score"]), f"{s['params']:,}", f"{s['score']:.4f}",
+            f"{s['realised_kl']:.4f}", f"{s['realised_perplexity']:.2f}",
+            style="bold dark_orange" if i == 0 else None,
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"parent: {result['parent_params']:,} parameters, "
+              f"perplexity {result['parent_perplexity']:.2f}")  # fmt: skip
+    if result.get("rank_correlation") is not None:
+        out.print(
+            f"rank correlation of summed and realised scores: {result['rank_correlation']:.3f}"
+        )

@@ -1,8 +1,9 @@
-"""``minitron search``: its typed config and the dry run (library and costs from the config).
+"""``minitron search``: its typed config, the dry run, and the search run.
 
-The stages that need weights (blockwise distillation of the variants, replace-1-block
-scores, the MIP on those scores, realising and re-ranking the solutions) are not built
-yet; the dry run plans the library and its costs for a model of any size.
+The dry run plans the library and its costs from the config alone. The run scores
+every variant (replace-1-block KL of the initialised variant; blockwise distillation
+is not built yet), solves the MIP under the budgets, realises each solution as a
+nemotron-nas model, re-ranks them by their realised held-out KL and writes the best.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from minitron.config import DataConfig, Device, Dtype
 from minitron.errors import MinitronError
 
 DTYPE_BYTES = {"float8": 1, "bfloat16": 2, "float16": 2, "float32": 4}
@@ -80,6 +82,10 @@ class SearchConfig:
         solutions: Distinct solutions of the MIP.
         max_shared: Most layer choices a solution shares with each earlier one.
         time_limit: Seconds per MIP solve.
+        data: Calibration text (initialising variants) and held-out text (scores, KL).
+        ridge: Ridge strength of the least-squares fits of linear variants.
+        dtype: Compute dtype.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         output: Output folder.
         trust_remote_code: Allow a Hub model's own code to run.
     """
@@ -95,6 +101,10 @@ class SearchConfig:
     solutions: int = 1
     max_shared: int | None = None
     time_limit: float = 60.0
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    ridge: float = 1e-2
+    dtype: Dtype = "auto"
+    device: Device = "auto"
     output: str | None = None
     trust_remote_code: bool = False
 
@@ -173,3 +183,130 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
         "serving_dtype": config.serving_dtype,
         "layers": layers,
     }
+
+
+def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> dict[str, Any]:
+    """Score the library, solve the MIP, realise and re-rank the solutions, write the best.
+
+    Writes ``library.json`` (every variant with its costs and scores), ``search.json``
+    (the solutions, best first, with summed and realised scores), ``blocks.yaml`` (a
+    ``minitron prune`` recipe of the best) and ``model/`` (the best, a nemotron-nas
+    checkpoint) into a temporary folder renamed when done.
+    """
+    import copy
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from minitron import __version__
+    from minitron.config import config_to_dict
+    from minitron.data import batches, load_text_data
+    from minitron.eval.perplexity import perplexity
+    from minitron.io import atomic_output_dir, check_output_dir, load_model
+    from minitron.modeling import DeciLMConfig, llama_to_nas
+    from minitron.nas import apply_block_configs
+    from minitron.prune.target import heldout_kl
+    from minitron.search.mip import solve
+    from minitron.search.scores import replace_one_block_scores
+
+    output = check_output_dir(output, overwrite, protect=[config.parent])
+    library_json = library_record(config)  # budgets checked before weights load
+    _, library = plan_library(config)
+    model, tokenizer = load_model(
+        config.parent, config.dtype, config.device, config.trust_remote_code
+    )
+    parent = model if isinstance(model.config, DeciLMConfig) else llama_to_nas(model).eval()
+    data = load_text_data(config.data, tokenizer)
+    calibration = batches(data.calibration, config.data.batch_size)
+    heldout = batches(data.heldout, config.data.batch_size)
+    if not heldout:
+        raise MinitronError("search needs held-out text to score variants (data.heldout)")
+    scores = replace_one_block_scores(parent, library, calibration, heldout, config.ridge)
+    params, memory = [], []
+    for layer, entry in enumerate(library_json["layers"]):
+        for v, variant in enumerate(entry["variants"]):
+            variant["score"] = scores.kl[layer][v]
+            variant["lm_loss"] = scores.lm_loss[layer][v]
+            variant["agreement"] = scores.agreement[layer][v]
+        params.append([v["params"] for v in entry["variants"]])
+        memory.append([v["memory_bytes"] for v in entry["variants"]])
+    size = DTYPE_BYTES[config.serving_dtype]
+    outside = library_json["non_layer_params"]
+    limits, offsets = {}, {"params": outside, "memory_bytes": outside * size}
+    if config.constraints.params is not None:
+        limits["params"] = config.constraints.params
+    if config.constraints.memory_gib is not None:
+        limits["memory_bytes"] = config.constraints.memory_gib * GIB
+    found, solver = solve(
+        scores.kl, {"params": params, "memory_bytes": memory}, limits, offsets,
+        config.solutions, config.max_shared, config.time_limit,
+    )  # fmt: skip
+    solutions, best = [], None
+    for rank, choice in enumerate(found):
+        blocks = [library.layers[i][v] for i, v in enumerate(choice.variants)]
+        child = copy.deepcopy(parent)
+        apply_block_configs(child, blocks, calibration, config.ridge)
+        realised = heldout_kl(parent, child, heldout)
+        entry = {
+            "rank_by_summed_score": rank,
+            "block_configs": [b.to_dict() for b in blocks],
+            "params": int(choice.costs["params"]),
+            "memory_bytes": int(choice.costs["memory_bytes"]),
+            "runtime_ms": None,
+            "score": choice.score,
+            "realised_kl": realised,
+            "realised_perplexity": perplexity(child, heldout),
+        }
+        solutions.append(entry)
+        if best is None or realised < best[0]:
+            best = (realised, child, entry)
+        else:
+            del child
+    solutions.sort(key=lambda e: e["realised_kl"])
+    _, child, chosen = best
+    record = {
+        "parent": config.parent,
+        "constraints": dataclasses.asdict(config.constraints),
+        "non_layer_params": outside,
+        "parent_params": library_json["parent_params"],
+        "parent_perplexity": perplexity(parent, heldout),
+        "solutions": solutions,
+        "rank_correlation": _spearman(
+            [e["score"] for e in solutions], [e["realised_kl"] for e in solutions]
+        ),  # fmt: skip
+        "solver": solver.to_dict(),
+        "scores": {
+            "metric": "replace-1-block KL(parent || swapped), nats per token",
+            "trained": False,
+            "tokens": scores.tokens,
+            "parent_lm_loss": scores.parent_lm_loss,
+        },  # fmt: skip
+        "recipe": config_to_dict(config),
+        "minitron_version": __version__,
+    }
+    recipe = {"parent": config.parent, "block_configs": chosen["block_configs"]}
+    with atomic_output_dir(output, overwrite) as tmp:
+        (tmp / "library.json").write_text(json.dumps(library_json) + "\n")
+        (tmp / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "blocks.yaml").write_text(
+            "# minitron prune blocks.yaml  (the best solution of minitron search)\n"
+            + yaml.safe_dump(recipe, sort_keys=False)
+        )
+        child.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "model" / "prune.json").write_text(json.dumps({
+            "parent": config.parent, "params_before": library_json["parent_params"],
+            "params_after": chosen["params"], "layers_before": len(library.layers),
+            "layers_after": len(library.layers), "search": str(Path(output) / "search.json"),
+        }, indent=2) + "\n")  # fmt: skip
+    return record | {"output": str(output)}
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    """Rank correlation of the summed and the realised scores (``None`` below 3 solutions)."""
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
