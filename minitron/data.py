@@ -14,7 +14,6 @@ the held-out set used only to report perplexity.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,8 +25,7 @@ import torch
 from minitron.config import DataConfig
 from minitron.corpus import stdlib_documents
 from minitron.errors import MinitronError, first_line
-
-FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
+from minitron.prepared.sources import FILE_SUFFIXES, file_values
 
 
 @dataclass
@@ -66,52 +64,8 @@ def iter_documents(config: DataConfig) -> Iterator[str]:
 
 
 def _file_documents(path: Path, column: str) -> Iterator[str]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES and p.is_file())
-        if not files:
-            raise MinitronError(f"no .txt, .jsonl or .parquet files in {path}")
-    elif path.suffix in FILE_SUFFIXES:
-        files = [path]
-    else:
-        raise MinitronError(f"unsupported data file {path} (use .txt, .jsonl or .parquet)")
-    for file in files:
-        if file.suffix == ".txt":
-            yield file.read_text(encoding="utf-8", errors="replace")
-        elif file.suffix == ".jsonl":
-            yield from _jsonl_texts(file, column)
-        else:
-            yield from _parquet_texts(file, column)
-
-
-def _jsonl_texts(file: Path, column: str) -> Iterator[str]:
-    with file.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise MinitronError(f"{file}:{number}: not valid JSON") from None
-            if not isinstance(record, dict) or column not in record:
-                raise MinitronError(f"{file}:{number}: no '{column}' key (set data.text_column)")
-            if record[column] not in (None, ""):
-                yield str(record[column])
-
-
-def _parquet_texts(file: Path, column: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # ships with datasets
-
-    try:
-        table = pq.read_table(file)
-    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
-        raise MinitronError(f"{file}: not a readable parquet file: {first_line(err)}") from None
-    if column not in table.column_names:
-        raise MinitronError(
-            f"{file}: no column '{column}' (columns: {', '.join(table.column_names)})"
-        )
-    for value in table.column(column).to_pylist():
-        if value:
-            yield str(value)
+    for value, _ in file_values(path, column):
+        yield str(value)
 
 
 def _hub_documents(config: DataConfig) -> Iterator[str]:

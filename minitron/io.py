@@ -166,6 +166,15 @@ def _hf_location(source: ModelSource) -> str:
     return str(embedded_model_dir(source.spec)) if source.kind == "embedded" else source.location
 
 
+def _metadata_source(spec: str) -> ModelSource:
+    """Where to read a model's config or tokenizer: the embedded model's GGUF itself until
+    it has been converted (its metadata needs no dequantized weights)."""
+    source = resolve_model(spec)
+    if source.kind == "embedded" and not (_embedded_cache(spec) / "config.json").is_file():
+        return ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
+    return source
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer alone (the embedded model's from its GGUF, no weights read).
 
@@ -174,9 +183,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False) -> Any:
     """
     from transformers import AutoTokenizer
 
-    source = resolve_model(spec)
-    if source.kind == "embedded" and not (_embedded_cache(spec) / "config.json").is_file():
-        source = ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
+    source = _metadata_source(spec)
     try:
         if source.kind == "gguf":
             path = Path(source.location)
@@ -192,10 +199,7 @@ def load_config(spec: str, trust_remote_code: bool = False) -> Any:
     """The model's ``PretrainedConfig``, without weights (a config-only folder is enough)."""
     from transformers import AutoConfig
 
-    source = resolve_model(spec)
-    if source.kind == "embedded" and not (_embedded_cache(spec) / "config.json").is_file():
-        # Read the GGUF's metadata only: a config needs no dequantized weights.
-        source = ModelSource(spec, "gguf", str(_embedded_gguf(spec)))
+    source = _metadata_source(spec)
     try:
         if source.kind == "gguf":
             path = Path(source.location)
@@ -361,3 +365,29 @@ def saved_dtype(parent_config: Any, model: Any) -> torch.dtype:
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
+
+
+def in_saved_dtype(
+    pruned: Any,
+    computed_from: Any,
+    parent_config: Any,
+    spec: str,
+    redo: Any,
+    trust_remote_code: bool = False,
+) -> Any:
+    """``pruned`` in the parent's own dtype, with exact copies of the parent's values.
+
+    Casting back is exact when the compute dtype holds every value of the parent's
+    (same dtype, or float32 compute for 16-bit weights). Otherwise (bfloat16 compute of
+    float32 weights, say) the parent ``spec`` is loaded again in its own dtype on the
+    CPU and ``redo(parent)`` makes the same edit to it.
+    """
+    saved = saved_dtype(parent_config, computed_from)
+    computed = next(computed_from.parameters()).dtype
+    if computed == saved or (computed == torch.float32 and saved in _HALF):
+        return pruned.to(saved)
+    parent, _ = load_model(spec, str(saved).removeprefix("torch."), "cpu", trust_remote_code)
+    return redo(parent)
+
+
+_HALF = (torch.bfloat16, torch.float16)

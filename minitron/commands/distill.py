@@ -322,7 +322,7 @@ class PreparedDistillData:
         self.vocab = vocab_hash(tokenizer)
         self.vocab_size, self.eod = len(tokenizer), tokenizer.eos_token_id
         self.cache_dir = str(Path(data.index_cache) if data.index_cache else work / "index-cache")
-        self.run = check_prepared_run(self.sources, data.seq_len, 0, data.max_epochs, self.vocab)
+        self.run = check_prepared_run(self.sources, data.seq_len, self.vocab)
         self.notes = [
             "data.prepared is read: data.source, subset, split, text_column, streaming and "
             "samples are not used"
@@ -346,23 +346,12 @@ class PreparedDistillData:
 
     def check(self, sequences: int) -> None:
         """Refuse a run that reads a dataset more than ``data.max_epochs`` times."""
-        from minitron.distill.prepared import check_prepared_run
-
-        data = self.config.data
-        tokens = sequences * data.seq_len
-        self.run = check_prepared_run(
-            self.sources, data.seq_len, tokens, data.max_epochs, self.vocab
-        )
+        self.run.train_tokens = sequences * self.config.data.seq_len
+        self.run.refuse_beyond(self.config.data.max_epochs)
 
     def passes(self, sequences: int) -> float:
         """The most times the first ``sequences`` positions read any dataset."""
-        from minitron.distill.prepared import check_prepared_run
-
-        data = self.config.data
-        run = check_prepared_run(
-            self.sources, data.seq_len, sequences * data.seq_len, float("inf"), self.vocab
-        )
-        return max(run.epochs().values())
+        return max(self.run.epochs(sequences * self.config.data.seq_len).values())
 
     def note(self, sequences: int) -> str:
         tokens = sequences * self.config.data.seq_len

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from minitron import __version__
 from minitron.commands.importance import score_layers
@@ -24,12 +23,11 @@ from minitron.importance import ImportanceResult
 from minitron.io import (
     atomic_output_dir,
     check_output_dir,
+    in_saved_dtype,
     load_config,
     load_model,
-    saved_dtype,
 )
 from minitron.prune import (
-    DepthPlan,
     check_request,
     count_parameters,
     drop_count,
@@ -156,34 +154,17 @@ def run_prune(config: PruneConfig, output: str | Path, overwrite: bool = False) 
     record["scores"] = scores.to_dict() if scores else None
     record["recipe"] = config_to_dict(config)
     record["minitron_version"] = __version__
-    model = _weights_to_save(model, config, parent_config, plan)
+
+    def redo(parent: Any) -> Any:
+        drop_layers(parent, plan.dropped)
+        return parent
+
+    model = in_saved_dtype(
+        model, model, parent_config, config.parent, redo, config.trust_remote_code
+    )
     with atomic_output_dir(output, overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prune.json").write_text(json.dumps(record, indent=2) + "\n")
     record["output"] = str(output)
     return record
-
-
-def _weights_to_save(
-    model: nn.Module, config: PruneConfig, parent_config: Any, plan: DepthPlan
-) -> nn.Module:
-    """The pruned model in the parent's dtype, with the parent's exact values.
-
-    Casting back is exact when the compute dtype holds every value of the
-    parent's (same dtype, or float32 compute for 16-bit weights). Otherwise
-    (say bfloat16 compute for float32 weights) the parent is loaded again in
-    its own dtype on the CPU and pruned the same way.
-    """
-    saved = saved_dtype(parent_config, model)
-    computed = next(model.parameters()).dtype
-    if computed == saved or (computed == torch.float32 and saved in _HALF):
-        return model.to(saved)
-    parent, _ = load_model(
-        config.parent, str(saved).removeprefix("torch."), "cpu", config.trust_remote_code
-    )
-    drop_layers(parent, plan.dropped)
-    return parent
-
-
-_HALF = (torch.bfloat16, torch.float16)

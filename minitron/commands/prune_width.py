@@ -26,11 +26,17 @@ from minitron.errors import MinitronError
 from minitron.eval.perplexity import perplexity
 from minitron.importance import loss_scores, similarity_scores
 from minitron.importance.width import WidthScores, width_importance
-from minitron.io import atomic_output_dir, check_output_dir, load_config, load_model, saved_dtype
+from minitron.io import (
+    atomic_output_dir,
+    check_output_dir,
+    in_saved_dtype,
+    load_config,
+    load_model,
+)
 from minitron.layers import decoder_layers
 from minitron.progress import status
 from minitron.prune import check_request, count_parameters, layers_removed, per_layer_updates
-from minitron.prune.depth import DepthPlan, plan_depth, scores_block_size
+from minitron.prune.depth import DepthPlan, drop_count, plan_depth, scores_block_size
 from minitron.prune.target import Candidate, budget_params, enumerate_candidates, heldout_kl
 from minitron.prune.width import (
     WidthPlan,
@@ -111,7 +117,8 @@ def width_dry_run(config: PruneConfig) -> dict[str, Any]:
     if config.target is not None:
         return record | _target_record(config, request)
     kept = _depth_plan_without_weights(config, request)
-    layers_after = request.num_layers - _drop_count(config, request.num_layers)
+    dropped = drop_count(config, request.num_layers) if config.depth_requested else 0
+    layers_after = request.num_layers - dropped
     layers = kept.kept if kept else list(range(layers_after))
     student = slice_model(parent, first_k_plan(request.parent, request.shape, layers))
     return record | {
@@ -148,12 +155,6 @@ def _target_record(config: PruneConfig, request: WidthRequest) -> dict[str, Any]
         "bf16_bytes_after": 2 * best.params,
         "note": f"the {len(top)} closest candidates are scored by held-out KL when run",
     }
-
-
-def _drop_count(config: PruneConfig, num_layers: int) -> int:
-    if config.drop_layers is not None:
-        return len(config.drop_layers)
-    return num_layers - config.target_layers if config.target_layers is not None else 0
 
 
 def _depth_plan_without_weights(config: PruneConfig, request: WidthRequest) -> DepthPlan | None:
@@ -225,7 +226,10 @@ def run_width_prune(
     record["width_plan"] = plan.to_dict()
     record["recipe"] = config_to_dict(config)
     record["minitron_version"] = __version__
-    student = _weights_to_save(student, model, config, request.parent, plan)
+    student = in_saved_dtype(
+        student, model, request.parent, config.parent,
+        lambda parent: slice_model(parent, plan), config.trust_remote_code,
+    )  # fmt: skip
     with atomic_output_dir(output, overwrite) as tmp:
         with status(f"saving {output}"):
             student.save_pretrained(tmp)
@@ -331,24 +335,3 @@ def _search(
         "candidates": scored + [c.to_dict() for c in request.candidates[len(top) :]],
     }
     return student, plan, scores, listing, depth
-
-
-def _weights_to_save(
-    student: nn.Module, model: nn.Module, config: PruneConfig, parent_config: Any, plan: WidthPlan
-) -> nn.Module:
-    """The student in the parent's dtype with exact copies of the parent's values.
-
-    Casting back is exact when the compute dtype holds every value of the
-    parent's; otherwise the parent is loaded again in its own dtype on the CPU
-    and cut with the same plan.
-    """
-    saved = saved_dtype(parent_config, model)
-    computed = next(model.parameters()).dtype
-    if computed == saved or (
-        computed == torch.float32 and saved in (torch.bfloat16, torch.float16)
-    ):
-        return student.to(saved)
-    parent, _ = load_model(
-        config.parent, str(saved).removeprefix("torch."), "cpu", config.trust_remote_code
-    )
-    return slice_model(parent, plan)

@@ -31,19 +31,38 @@ def manifest_of(path: str) -> dict[str, Any] | None:
 
 @dataclass
 class PreparedRun:
-    """A prepared-data run, checked: the blend and what it will read."""
+    """A prepared-data run's datasets, checked: their sizes and what the run reads."""
 
     sources: list[Prepared]
     seq_len: int
     tokens: dict[str, int]  # tokens in each dataset
-    reads: dict[str, float]  # training tokens the run reads from each
     manifests: dict[str, Any] = field(default_factory=dict)
     unverified: list[str] = field(default_factory=list)  # no data.json: vocabulary unchecked
+    train_tokens: int = 0  # tokens the whole run reads (steps x global batch x seq_len)
 
-    def epochs(self) -> dict[str, float]:
+    def reads(self, train_tokens: int | None = None) -> dict[str, float]:
+        """Training tokens read from each dataset, by its share of the weights."""
+        total = self.train_tokens if train_tokens is None else train_tokens
+        weight = sum(s.weight for s in self.sources)
+        return {s.path: total * s.weight / weight for s in self.sources}
+
+    def epochs(self, train_tokens: int | None = None) -> dict[str, float]:
         """How many times the run reads each dataset's training split."""
         share = 1 - HELDOUT_PERCENT / 100
-        return {p: self.reads[p] / (self.tokens[p] * share) for p in self.tokens}
+        reads = self.reads(train_tokens)
+        return {p: reads[p] / (self.tokens[p] * share) for p in self.tokens}
+
+    def refuse_beyond(self, max_epochs: float) -> None:
+        """Refuse a run that reads any dataset more than ``max_epochs`` times (one line)."""
+        reads = self.reads()
+        for path, epochs in self.epochs().items():
+            if epochs > max_epochs:
+                raise MinitronError(
+                    f"{path}: the run reads {reads[path]:,.0f} tokens from it, {epochs:.2f} "
+                    f"times its {self.tokens[path] * (1 - HELDOUT_PERCENT / 100):,.0f} training "
+                    f"tokens (data.max_epochs is {max_epochs:g}: raise it, lower max_steps, "
+                    "or prepare more)"
+                )
 
     def info(self) -> dict[str, Any]:
         return {
@@ -55,31 +74,22 @@ class PreparedRun:
         }
 
 
-def check_prepared_run(
-    sources: Sequence[Prepared],
-    seq_len: int,
-    train_tokens: int,
-    max_epochs: float,
-    vocab_hash: str,
-) -> PreparedRun:
-    """Check a prepared-data run against its datasets before any weights load.
+def check_prepared_run(sources: Sequence[Prepared], seq_len: int, vocab_hash: str) -> PreparedRun:
+    """Check a prepared-data run's datasets before any weights load; read their sizes.
 
     Args:
         sources: The blend.
         seq_len: Tokens per sequence.
-        train_tokens: Tokens the whole run reads (steps x global batch x seq_len).
-        max_epochs: Most times any dataset's training split may be read.
         vocab_hash: ``vocab_hash`` of the student's tokenizer.
 
     Raises:
-        MinitronError: A missing dataset, a vocabulary that differs from the student's, or
-            a dataset read more than ``max_epochs`` times (one line with the numbers).
+        MinitronError: A missing dataset, or one prepared with another vocabulary than
+            the student's.
     """
     from minitron.prepared.read import check_prepared, document_tokens
 
     check_prepared(sources)
-    total_weight = sum(s.weight for s in sources)
-    run = PreparedRun(list(sources), seq_len, {}, {})
+    run = PreparedRun(list(sources), seq_len, {})
     for source in sources:
         manifest = manifest_of(source.path)
         if manifest is None:
@@ -92,14 +102,6 @@ def check_prepared_run(
         else:
             run.manifests[source.path] = manifest
         run.tokens[source.path] = document_tokens(source.path)
-        run.reads[source.path] = train_tokens * source.weight / total_weight
-    for path, epochs in run.epochs().items():
-        if epochs > max_epochs:
-            raise MinitronError(
-                f"{path}: the run reads {run.reads[path]:,.0f} tokens from it, {epochs:.2f} times "
-                f"its {run.tokens[path] * (1 - HELDOUT_PERCENT / 100):,.0f} training tokens "
-                f"(data.max_epochs is {max_epochs:g}: raise it, lower max_steps, or prepare more)"
-            )
     return run
 
 

@@ -61,7 +61,7 @@ def iter_documents(source: Source) -> Iterator[str | list[dict[str, str]]]:
         return
     path = Path(source.path).expanduser()
     if path.exists():
-        for value, where in _file_values(path, source.text_column):
+        for value, where in file_values(path, source.text_column):
             yield _document(value, where, source)
         return
     if source.path.startswith((".", "/", "~")) or Path(source.path).suffix in FILE_SUFFIXES:
@@ -106,7 +106,8 @@ def chat_messages(value: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def _file_values(path: Path, column: str) -> Iterator[tuple[Any, str]]:
+def file_values(path: Path, column: str) -> Iterator[tuple[Any, str]]:
+    """``(value, where)`` of every non-empty record of a local file or folder of files."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES and p.is_file())
         if not files:
@@ -118,7 +119,7 @@ def _file_values(path: Path, column: str) -> Iterator[tuple[Any, str]]:
     for file in files:
         if file.suffix == ".txt":
             text = file.read_text(encoding="utf-8", errors="replace")
-            if text.strip():
+            if text:
                 yield text, str(file)
         elif file.suffix == ".jsonl":
             yield from _jsonl_values(file, column)
