@@ -1,4 +1,4 @@
-"""``minitron search``: plan the Puzzle library and its costs (--dry-run)."""
+"""``minitron search``: the Puzzle search, or its library and costs alone (--dry-run)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,12 @@ def search(
         Path | None,
         typer.Option(help="Output folder [default: recipe's output, else runs/<folder>/<name>]."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output folder and an earlier run's stages.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run at its stage (and BLD step).")
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print library.json instead of tables.")
     ] = False,
@@ -39,7 +44,7 @@ def search(
     config = load_recipe(recipe, SearchConfig, set_ or [])
     if not dry_run:
         target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
-        result = run_search(config, target, overwrite)
+        result = run_search(config, target, overwrite, resume)
         if json_output:
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "recipe"}, indent=2))
             return
@@ -96,6 +101,23 @@ def _print_solutions(result: dict) -> None:
     out.print(table)
     out.print(f"parent: {result['parent_params']:,} parameters, "
               f"perplexity {result['parent_perplexity']:.2f}")  # fmt: skip
+    if result.get("bld"):
+        bld = result["bld"]
+        out.print(f"blockwise distillation: {bld['variants']} sub-blocks, "
+                  f"{bld['tokens_per_variant']:,} tokens each; mean held-out NMSE "
+                  f"{bld['mean_nmse_init']:.4f} -> {bld['mean_nmse_trained']:.4f}")  # fmt: skip
+    if result.get("baselines"):
+        best = result["solutions"][0]
+        table = Table(title="the search against baselines at the same budget (held-out text)")
+        for name in ("model", "params", "KL to parent", "perplexity"):
+            table.add_column(name, justify="left" if name == "model" else "right")
+        rows = [("this search", best)] + [
+            (name.replace("_", " "), b) for name, b in result["baselines"].items()
+        ]
+        for name, row in rows:
+            table.add_row(name, f"{row['params']:,}", f"{row['realised_kl']:.4f}",
+                          f"{row['realised_perplexity']:.2f}")  # fmt: skip
+        out.print(table)
     if result.get("rank_correlation") is not None:
         out.print(
             f"rank correlation of summed and realised scores: {result['rank_correlation']:.3f}"

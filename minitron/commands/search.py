@@ -9,6 +9,7 @@ nemotron-nas model, re-ranks them by their realised held-out KL and writes the b
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Literal
 
 from minitron.config import DataConfig, Device, Dtype
@@ -67,6 +68,34 @@ class ConstraintsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BLDSearchConfig:
+    """Blockwise local distillation of every trainable sub-block variant before scoring.
+
+    Attributes:
+        enabled: Train the variants (off: score them as initialised).
+        tokens: Training tokens each variant sees (read from ``data``'s calibration
+            samples, cycled).
+        lr: Peak AdamW learning rate (cosine decay to ``lr * min_lr_ratio``).
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        warmup: Linear warm-up steps.
+        weight_decay: AdamW weight decay of matrices.
+        grad_clip: Per-variant gradient-norm clip, or ``None``.
+        checkpoint_every: Checkpoint every this many steps (``--resume`` continues).
+        seed: Seed of the run.
+    """
+
+    enabled: bool = True
+    tokens: int = 10_000_000
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 0
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """``minitron search``: the Puzzle search over per-layer block variants.
 
@@ -82,7 +111,12 @@ class SearchConfig:
         solutions: Distinct solutions of the MIP.
         max_shared: Most layer choices a solution shares with each earlier one.
         time_limit: Seconds per MIP solve.
-        data: Calibration text (initialising variants) and held-out text (scores, KL).
+        bld: Blockwise local distillation of the variants.
+        compare: Also run the baselines at the same budget: depth pruning (layers
+            dropped by BI) and this search without BLD; their held-out KL and
+            perplexity go into ``search.json``.
+        data: Calibration text (initialising and training variants) and held-out
+            text (BLD's held-out NMSE, scores, KL).
         ridge: Ridge strength of the least-squares fits of linear variants.
         dtype: Compute dtype.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
@@ -101,6 +135,8 @@ class SearchConfig:
     solutions: int = 1
     max_shared: int | None = None
     time_limit: float = 60.0
+    bld: BLDSearchConfig = dataclasses.field(default_factory=BLDSearchConfig)
+    compare: bool = False
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     ridge: float = 1e-2
     dtype: Dtype = "auto"
@@ -112,6 +148,8 @@ class SearchConfig:
         for key in ("batch", "seq_len", "solutions"):
             if getattr(self, key) < 1:
                 raise MinitronError(f"{key} must be at least 1 (got {getattr(self, key)})")
+        if self.bld.tokens < 1 or self.bld.checkpoint_every < 1:
+            raise MinitronError("bld.tokens and bld.checkpoint_every must be at least 1")
         for key, value in dataclasses.asdict(self.constraints).items():
             if value is not None and not value > 0:
                 raise MinitronError(f"constraints.{key} must be above 0 (got {value})")
@@ -185,16 +223,21 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
     }
 
 
-def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> dict[str, Any]:
-    """Score the library, solve the MIP, realise and re-rank the solutions, write the best.
+def run_search(
+    config: SearchConfig, output: Any, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """BLD, scores, the MIP, realised and re-ranked solutions; write the best.
 
-    Writes ``library.json`` (every variant with its costs and scores), ``search.json``
-    (the solutions, best first, with summed and realised scores), ``blocks.yaml`` (a
-    ``minitron prune`` recipe of the best) and ``model/`` (the best, a nemotron-nas
-    checkpoint) into a temporary folder renamed when done.
+    Stages run in order, each one's result kept in ``<output>.work`` so ``resume``
+    continues at the stage (and the BLD step) a run stopped in. Writes
+    ``library.json`` (every variant with its costs, scores and BLD's held-out NMSE),
+    ``search.json`` (the solutions, best first, with summed and realised scores, and
+    the baselines with ``compare``), ``blocks.yaml`` (a ``minitron prune`` recipe of
+    the best) and ``model/`` (the best, a nemotron-nas checkpoint) into a temporary
+    folder renamed when done.
     """
-    import copy
-    import json
+    import math
+    import time
     from pathlib import Path
 
     import yaml
@@ -205,14 +248,17 @@ def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> di
     from minitron.eval.perplexity import perplexity
     from minitron.io import atomic_output_dir, check_output_dir, load_model
     from minitron.modeling import DeciLMConfig, llama_to_nas
-    from minitron.nas import apply_block_configs
-    from minitron.prune.target import heldout_kl
-    from minitron.search.mip import solve
-    from minitron.search.scores import replace_one_block_scores
+    from minitron.search import stages
+    from minitron.search.bld import BLDOptions, TrainedBlocks, train_blocks
+    from minitron.search.realise import depth_baseline, realise
+    from minitron.search.variants import gather_statistics
 
     output = check_output_dir(output, overwrite, protect=[config.parent])
     library_json = library_record(config)  # budgets checked before weights load
-    _, library = plan_library(config)
+    base, library = plan_library(config)
+    recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
+    run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
+    work = stages.open_work(Path(output), run, resume, overwrite)
     model, tokenizer = load_model(
         config.parent, config.dtype, config.device, config.trust_remote_code
     )
@@ -222,53 +268,47 @@ def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> di
     heldout = batches(data.heldout, config.data.batch_size)
     if not heldout:
         raise MinitronError("search needs held-out text to score variants (data.heldout)")
-    scores = replace_one_block_scores(parent, library, calibration, heldout, config.ridge)
-    params, memory = [], []
-    for layer, entry in enumerate(library_json["layers"]):
-        for v, variant in enumerate(entry["variants"]):
-            variant["score"] = scores.kl[layer][v]
-            variant["lm_loss"] = scores.lm_loss[layer][v]
-            variant["agreement"] = scores.agreement[layer][v]
-        params.append([v["params"] for v in entry["variants"]])
-        memory.append([v["memory_bytes"] for v in entry["variants"]])
-    size = DTYPE_BYTES[config.serving_dtype]
-    outside = library_json["non_layer_params"]
-    limits, offsets = {}, {"params": outside, "memory_bytes": outside * size}
-    if config.constraints.params is not None:
-        limits["params"] = config.constraints.params
-    if config.constraints.memory_gib is not None:
-        limits["memory_bytes"] = config.constraints.memory_gib * GIB
-    found, solver = solve(
-        scores.kl, {"params": params, "memory_bytes": memory}, limits, offsets,
-        config.solutions, config.max_shared, config.time_limit,
-    )  # fmt: skip
-    solutions, best = [], None
-    for rank, choice in enumerate(found):
-        blocks = [library.layers[i][v] for i, v in enumerate(choice.variants)]
-        child = copy.deepcopy(parent)
-        apply_block_configs(child, blocks, calibration, config.ridge)
-        realised = heldout_kl(parent, child, heldout)
-        entry = {
-            "rank_by_summed_score": rank,
-            "block_configs": [b.to_dict() for b in blocks],
-            "params": int(choice.costs["params"]),
-            "memory_bytes": int(choice.costs["memory_bytes"]),
-            "runtime_ms": None,
-            "score": choice.score,
-            "realised_kl": realised,
-            "realised_perplexity": perplexity(child, heldout),
+    passes = gather_statistics(parent, library, calibration, config.ridge)
+    timings: dict[str, float] = {}
+    trained, bld_record = None, None
+    if config.bld.enabled:
+        start = time.perf_counter()
+        trained = TrainedBlocks.load(work / "bld")
+        steps = math.ceil(config.bld.tokens / max(calibration[0].numel(), 1))
+        if trained is None:
+            options = BLDOptions(
+                steps=steps, lr=config.bld.lr, min_lr_ratio=config.bld.min_lr_ratio,
+                warmup=config.bld.warmup, weight_decay=config.bld.weight_decay,
+                grad_clip=config.bld.grad_clip, seed=config.bld.seed,
+            )  # fmt: skip
+            trained = train_blocks(
+                parent, library, passes, calibration, heldout, options, work / "bld",
+                resume=resume and (work / "bld" / "checkpoints" / "latest").is_file(),
+                trainer_options={"checkpoint_every": config.bld.checkpoint_every},
+            )  # fmt: skip
+            trained.save(work / "bld")
+        timings["bld_s"] = time.perf_counter() - start
+        bld_record = {
+            "steps": steps,
+            "tokens_per_variant": steps * calibration[0].numel(),
+            "variants": len(trained.record),
+            "mean_nmse_init": _mean(r["nmse_init"] for r in trained.record),
+            "mean_nmse_trained": _mean(r["nmse_trained"] for r in trained.record),
         }
-        solutions.append(entry)
-        if best is None or realised < best[0]:
-            best = (realised, child, entry)
-        else:
-            del child
-    solutions.sort(key=lambda e: e["realised_kl"])
-    _, child, chosen = best
+    start = time.perf_counter()
+    scores = _scores(work / "scores.json", parent, library, heldout, passes, trained)
+    timings["scores_s"] = time.perf_counter() - start
+    _fill_library(library_json, scores, trained)
+    start = time.perf_counter()
+    found, solver, limits, offsets = _solve(config, library_json, scores.kl)
+    realised = realise(parent, library, found, passes, trained, heldout)
+    timings["mip_and_realise_s"] = time.perf_counter() - start
+    solutions, child = realised.solutions, realised.model
+    chosen = solutions[0]
     record = {
         "parent": config.parent,
         "constraints": dataclasses.asdict(config.constraints),
-        "non_layer_params": outside,
+        "non_layer_params": library_json["non_layer_params"],
         "parent_params": library_json["parent_params"],
         "parent_perplexity": perplexity(parent, heldout),
         "solutions": solutions,
@@ -278,20 +318,40 @@ def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> di
         "solver": solver.to_dict(),
         "scores": {
             "metric": "replace-1-block KL(parent || swapped), nats per token",
-            "trained": False,
+            "trained": trained is not None,
             "tokens": scores.tokens,
             "parent_lm_loss": scores.parent_lm_loss,
         },  # fmt: skip
+        "bld": bld_record,
+        "timings": timings,
         "recipe": config_to_dict(config),
         "minitron_version": __version__,
     }
-    recipe = {"parent": config.parent, "block_configs": chosen["block_configs"]}
+    if config.compare:
+        baselines = {}
+        if trained is not None:
+            untrained = _scores(work / "scores-untrained.json", parent, library, heldout, passes)
+            found_u, _, _, _ = _solve(config, library_json, untrained.kl)
+            best_u = realise(parent, library, found_u, passes, None, heldout).solutions[0]
+            baselines["search_without_bld"] = {
+                k: best_u[k] for k in ("params", "score", "realised_kl", "realised_perplexity")
+            }
+        parent_layers = [
+            {"params": layer["variants"][i]["params"],
+             "memory_bytes": layer["variants"][i]["memory_bytes"]}
+            for layer, i in zip(library_json["layers"], _parent_indices(library), strict=True)
+        ]  # fmt: skip
+        baselines["depth_pruning"] = depth_baseline(
+            parent, parent_layers, offsets, limits, calibration, heldout
+        )
+        record["baselines"] = baselines
+    prune_recipe = {"parent": config.parent, "block_configs": chosen["block_configs"]}
     with atomic_output_dir(output, overwrite) as tmp:
         (tmp / "library.json").write_text(json.dumps(library_json) + "\n")
         (tmp / "search.json").write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "blocks.yaml").write_text(
             "# minitron prune blocks.yaml  (the best solution of minitron search)\n"
-            + yaml.safe_dump(recipe, sort_keys=False)
+            + yaml.safe_dump(prune_recipe, sort_keys=False)
         )
         child.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
@@ -301,6 +361,74 @@ def run_search(config: SearchConfig, output: Any, overwrite: bool = False) -> di
             "layers_after": len(library.layers), "search": str(Path(output) / "search.json"),
         }, indent=2) + "\n")  # fmt: skip
     return record | {"output": str(output)}
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
+def _scores(path, parent, library, heldout, passes, trained=None):
+    """A finished scoring stage from disk, or the scores computed and saved."""
+    from minitron.search import stages
+    from minitron.search.scores import replace_one_block_scores
+
+    found = stages.load_scores(path)
+    if found is None:
+        found = replace_one_block_scores(
+            parent, library, None, heldout, passes=passes, trained=trained
+        )
+        stages.save_scores(path, found)
+    return found
+
+
+def _fill_library(library_json: dict[str, Any], scores, trained) -> None:
+    """Scores, and BLD's held-out NMSE of each sub-block, into ``library.json``'s variants."""
+    nmse = {}
+    for entry in trained.record if trained is not None else []:
+        nmse[entry["layer"], entry["sub_block"], json.dumps(entry["config"], sort_keys=True)] = {
+            "nmse_init": entry["nmse_init"], "nmse_trained": entry["nmse_trained"]
+        }  # fmt: skip
+    for layer, entry in enumerate(library_json["layers"]):
+        for v, variant in enumerate(entry["variants"]):
+            variant["score"] = scores.kl[layer][v]
+            variant["lm_loss"] = scores.lm_loss[layer][v]
+            variant["agreement"] = scores.agreement[layer][v]
+            if trained is not None:
+                variant["bld"] = {
+                    half: nmse.get((layer, half, json.dumps(variant[half], sort_keys=True)))
+                    for half in ("attention", "ffn")
+                }
+
+
+def _solve(config: SearchConfig, library_json: dict[str, Any], kl):
+    """The MIP on ``kl`` under the recipe's budgets: (solutions, solver record, limits, offsets)."""
+    from minitron.search.mip import solve
+
+    size = DTYPE_BYTES[config.serving_dtype]
+    outside = library_json["non_layer_params"]
+    params = [[v["params"] for v in e["variants"]] for e in library_json["layers"]]
+    memory = [[v["memory_bytes"] for v in e["variants"]] for e in library_json["layers"]]
+    limits, offsets = {}, {"params": outside, "memory_bytes": outside * size}
+    if config.constraints.params is not None:
+        limits["params"] = config.constraints.params
+    if config.constraints.memory_gib is not None:
+        limits["memory_bytes"] = config.constraints.memory_gib * GIB
+    found, solver = solve(
+        kl, {"params": params, "memory_bytes": memory}, limits, offsets,
+        config.solutions, config.max_shared, config.time_limit,
+    )  # fmt: skip
+    return found, solver, limits, offsets
+
+
+def _parent_indices(library) -> list[int]:
+    """Each layer's index of the parent's own block in the library."""
+    from minitron.search.library import find_block
+
+    found = [find_block(b, library.parent.block_configs[i]) for i, b in enumerate(library.layers)]
+    if any(i is None for i in found):
+        raise MinitronError("compare: the library lacks the parent's own block in some layer")
+    return found
 
 
 def _spearman(a: list[float], b: list[float]) -> float | None:

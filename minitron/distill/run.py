@@ -144,8 +144,8 @@ class StepCheckpoint(Callback):
 class StepProgress(Callback):
     """A rich bar over optimizer steps with the loss and tokens/s (rank 0, terminals only)."""
 
-    def __init__(self, max_steps: int):
-        self.max_steps = max_steps
+    def __init__(self, max_steps: int, label: str = "distill", metric: str = "loss"):
+        self.max_steps, self.label, self.metric = max_steps, label, metric
         self.bar: Any = None
 
     def on_train_start(self, trainer: L.Trainer, module: DistillModule) -> None:
@@ -161,7 +161,7 @@ class StepProgress(Callback):
         if not (trainer.is_global_zero and console.is_terminal):
             return
         self.bar = Progress(
-            TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
             transient=True,
         )  # fmt: skip
@@ -173,7 +173,9 @@ class StepProgress(Callback):
         if self.bar is None or (batch_idx + 1) % module.layout.accumulation:
             return
         metrics = trainer.progress_bar_metrics
-        info = f"loss {metrics.get('loss', float('nan')):.4f}  {metrics.get('tok/s', 0):,.0f} tok/s"
+        info = f"{self.metric} {metrics.get(self.metric, float('nan')):.4f}"
+        if "tok/s" in metrics:
+            info += f"  {metrics['tok/s']:,.0f} tok/s"
         self.bar.update(self.task, completed=trainer.global_step, info=info)
 
     def on_train_end(self, trainer: L.Trainer, module: DistillModule) -> None:
@@ -261,6 +263,8 @@ def quiet_lightning() -> None:
         ".*gradient_clip.*",
         ".*no val_dataloader.*",
         ".*`training_step` returned.*",
+        ".*module\\(s\\) in eval mode.*",  # BLD: the frozen parent stays in eval mode
+        ".*LeafSpec.*",  # Lightning's own use of a deprecated torch pytree API
     ):
         warnings.filterwarnings("ignore", message=pattern)
     torch.set_float32_matmul_precision("high")

@@ -131,6 +131,24 @@ class DeciLMDecoderLayer(GradientCheckpointingLayer):
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        hidden_states = self.attend(
+            hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+            cache=pick_cache(cache, past_key_values), use_cache=use_cache,
+            position_embeddings=position_embeddings, **kwargs,
+        )  # fmt: skip
+        return self.feed_forward(hidden_states)
+
+    def attend(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The residual stream after the attention sub-block (its input when no_op)."""
         if self.attention_kind == "attention":
             attn, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
@@ -138,12 +156,16 @@ class DeciLMDecoderLayer(GradientCheckpointingLayer):
                 position_ids=position_ids,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
-                **cache_kwargs(pick_cache(cache, past_key_values)),
+                **cache_kwargs(cache),
                 **kwargs,
             )
             hidden_states = hidden_states + attn
         elif self.attention_kind == "linear":
             hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states))
+        return hidden_states
+
+    def feed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the FFN sub-block (its input when no_op)."""
         if self.ffn_kind != "no_op":
             hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states

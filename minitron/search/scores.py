@@ -8,8 +8,9 @@ layer swapped is scored on held-out tokens: the mean per-token KL(parent ‖ swa
 of next-token distributions (also its LM loss and top-1 agreement with the parent).
 
 The prefix is reused: the parent is traced once per batch, and a swap at layer ``l``
-runs only layers ``l .. L-1`` from the traced state entering ``l``. The variants are
-untrained (no blockwise distillation yet).
+runs only layers ``l .. L-1`` from the traced state entering ``l``. Variants are scored
+as initialised, or with their sub-blocks trained by blockwise distillation
+(``minitron.search.bld``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from minitron.layers import decoder, decoder_layers, run_layers, trace
-from minitron.modeling import BlockConfig, FFNConfig
-from minitron.nas.apply import apply_edits, plan_edits
 from minitron.nas.calibrate import RIDGE
-from minitron.nas.collect import Calibration, collect_statistics
+from minitron.nas.collect import Calibration
 from minitron.progress import progress
 from minitron.search.library import Library
+from minitron.search.variants import TrainedWeights, gather_statistics, swapped_layer
 
 
 @dataclass
@@ -53,52 +53,6 @@ class Scores:
     calibration: dict[str, Any] = field(default_factory=dict)
 
 
-def _statistics(model: nn.Module, library: Library, batches, ridge: float) -> dict[str, Any]:
-    """Every fit and channel ranking any variant of any layer needs, from the parent.
-
-    Two kinds share the key ``(layer, "ffn")`` (channel activity for narrower FFNs, a
-    least-squares fit for a linear FFN), so they are gathered in two passes.
-    """
-    config = model.config
-    kinds = {(b.attention.kind, b.ffn.kind) for layer in library.layers for b in layer}
-    narrowest = min(
-        (b.ffn.ffn_mult for layer in library.layers for b in layer if b.ffn.has_mlp),
-        default=None,
-    )
-    parent = config.block_configs
-    passes = {}
-    first = []
-    for block in parent:
-        attention = (
-            type(block.attention)(replace_with_linear=True)
-            if any(a == "linear" for a, _ in kinds)
-            else block.attention
-        )
-        ffn = block.ffn
-        if narrowest is not None and block.ffn.has_mlp and narrowest < block.ffn.ffn_mult:
-            ffn = FFNConfig(ffn_mult=narrowest)
-        first.append(BlockConfig(attention, ffn))
-    passes["resize"] = collect_statistics(model, plan_edits(config, first), batches, ridge)
-    if any(f == "linear" for _, f in kinds):
-        second = [BlockConfig(b.attention, FFNConfig(replace_with_linear=True)) for b in parent]
-        passes["linear"] = collect_statistics(model, plan_edits(config, second), batches, ridge)
-    return passes
-
-
-def _swap(model: nn.Module, layer: int, block: BlockConfig, passes: dict[str, Calibration]):
-    """Edit ``layer`` of ``model`` to ``block`` in place, from the gathered statistics."""
-    blocks = list(model.config.block_configs)
-    blocks[layer] = block
-    edit = plan_edits(model.config, blocks)[layer]
-    results = {}
-    if (layer, "attention") in passes["resize"].results:
-        results[layer, "attention"] = passes["resize"].results[layer, "attention"]
-    source = "linear" if edit.ffn == "linear" else "resize"
-    if (layer, "ffn") in passes.get(source, passes["resize"]).results:
-        results[layer, "ffn"] = passes[source].results[layer, "ffn"]
-    apply_edits(model, [edit], Calibration(results=results))
-
-
 def _measures(model: nn.Module, normed: torch.Tensor, log_p: torch.Tensor, ids: torch.Tensor):
     """Summed KL(parent ‖ model), LM loss and top-1 agreement over the predicted tokens."""
     logits = model.lm_head(normed[:, :-1]).float()
@@ -114,16 +68,19 @@ def _measures(model: nn.Module, normed: torch.Tensor, log_p: torch.Tensor, ids: 
 def replace_one_block_scores(
     model: nn.Module,
     library: Library,
-    calibration: Sequence[torch.Tensor],
+    calibration: Sequence[torch.Tensor] | None,
     heldout: Sequence[torch.Tensor],
     ridge: float = RIDGE,
+    trained: TrainedWeights | None = None,
+    passes: dict[str, Calibration] | None = None,
 ) -> Scores:
     """Score every variant of every layer of a nemotron-nas ``model`` (the parent).
 
     The model is changed while a variant is in place and restored after each; on
-    return it is the parent again.
+    return it is the parent again. With ``trained`` (from BLD) each variant's
+    sub-blocks are the trained ones; ``passes`` reuses statistics already gathered.
     """
-    passes = _statistics(model, library, calibration, ridge)
+    passes = passes or gather_statistics(model, library, calibration, ridge)
     layers = decoder_layers(model)
     count = len(layers)
     shape = [[0.0] * len(v) for v in library.layers]
@@ -147,10 +104,10 @@ def replace_one_block_scores(
                     if block == original[layer]:  # the parent's own block
                         sums = (0.0, own[1], predicted)
                     else:
+                        swapped = swapped_layer(model, layer, block, passes, trained)
                         saved = layers[layer]
-                        layers[layer] = copy.deepcopy(saved)
+                        layers[layer] = swapped
                         try:
-                            _swap(model, layer, block, passes)
                             hidden = run_layers(
                                 model, traced.hidden[layer], traced.layer_kwargs,
                                 range(layer, count),
@@ -158,7 +115,6 @@ def replace_one_block_scores(
                             sums = _measures(model, decoder(model).norm(hidden), log_p, ids)
                         finally:
                             layers[layer] = saved
-                            model.config.block_configs = original
                     kl[layer][v] += sums[0]
                     loss[layer][v] += sums[1]
                     agree[layer][v] += sums[2]
