@@ -162,3 +162,25 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_search_frontier(
+    frontier: list[dict], chosen: dict, path: str | Path, title: str = ""
+) -> Path:
+    """Summed replace-1-block score against parameters and against memory over a sweep of
+    parameter budgets (the MIP's best at each), with the chosen solution marked."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, key, scale, label in (
+        (axes[0], "params", 1e6, "parameters (millions)"),
+        (axes[1], "memory_bytes", 2**30, "memory at batch x seq_len (GiB)"),
+    ):
+        ax.plot([p[key] / scale for p in frontier], [p["score"] for p in frontier], "o-",
+                color=_PLAIN, label="best summed score at each parameter budget")  # fmt: skip
+        ax.plot(chosen[key] / scale, chosen["score"], "*", markersize=14, color=_PICKED,
+                label="chosen solution")  # fmt: skip
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("summed replace-1-block KL (lower is better)")
+    axes[0].legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, Path(path))

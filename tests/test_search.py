@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,10 @@ def test_search_run_on_a_tiny_model_respects_the_budget(tmp_path):
     assert trained
     assert sum(h["nmse_trained"] for h in trained) < sum(h["nmse_init"] for h in trained)
     assert set(record["baselines"]) == {"search_without_bld", "depth_pruning"}
+    assert (tmp_path / "out/frontier.png").stat().st_size > 10_000
+    scores = [p["score"] for p in record["frontier"]]  # more budget never scores worse
+    assert scores == sorted(scores, reverse=True) and len(scores) == 12
+    assert record["frontier"][-1]["score"] == 0.0  # the whole parent fits the largest budget
     depth = record["baselines"]["depth_pruning"]
     assert depth["params"] <= 200_000 and depth["dropped_layers"]
 
@@ -351,3 +356,62 @@ def test_a_search_killed_during_bld_resumes_to_the_same_library(tmp_path, monkey
     assert any(v["bld"]["ffn"] for layer in whole["layers"] for v in layer["variants"])
     with pytest.raises(MinitronError, match="nothing to resume"):
         run_search(config, tmp_path / "never", resume=True)
+
+
+def test_analytic_runtimes_by_hand():
+    """The roofline of one layer and of the LM head, against numbers worked out by hand."""
+    from minitron.modeling import AttentionConfig, FFNConfig
+    from minitron.search.runtime import Peaks, block_runtime_ms, head_runtime_ms
+
+    # hidden 64, 8 heads of 8, FFN 512: GQA with 2 K/V heads = 64 + 2*64*64 + 2*64*16
+    # = 10,304 params; FFN = 64 + 3*64*512 = 98,368; layer 108,672 parameters.
+    parent = nas_config_from_llama(
+        tiny_config(2, hidden_size=64, intermediate_size=512, num_attention_heads=8,
+                    num_key_value_heads=2)
+    )  # fmt: skip
+    block = parent.block_configs[0]
+    peaks = Peaks(tflops=1.0, bandwidth_gbs=1.0)  # 1e12 FLOP/s, 1e9 B/s
+    got = block_runtime_ms(parent, block, batch=2, seq_len=100, size=2, peaks=peaks)
+    # prefill: FLOPs 2*108672*200 + 2*2*64*100*100 = 43,468,800 + 2,560,000 = 46,028,800
+    # bytes 217,344 (weights) + 200*64 (cache: 2*2*8*2 B/token) + 2*200*64*2 = 281,344
+    # compute 46.0288 us < memory 281.344 us -> 0.281344 ms
+    assert got["prefill"] == pytest.approx(0.281344)
+    # decode: bytes 217,344 + 12,800 + 2*2*64*2 = 230,656 -> 0.230656 ms
+    assert got["decode"] == pytest.approx(0.230656)
+    gone = BlockConfig(AttentionConfig(no_op=True), FFNConfig(no_op=True))
+    # nothing but the residual stream: 2*200*64*2 bytes
+    assert block_runtime_ms(parent, gone, 2, 100, 2, peaks)["prefill"] == pytest.approx(0.0512)
+    fast = Peaks(tflops=1e-3, bandwidth_gbs=1e6)  # compute-bound: 1e9 FLOP/s
+    assert block_runtime_ms(parent, block, 2, 100, 2, fast)["prefill"] == pytest.approx(46.0288)
+    # LM head: 98 x 64 weights, 2 positions: 2*6272*2 FLOPs, 12,544 bytes
+    assert head_runtime_ms(parent, 2, 2, peaks) == pytest.approx(0.012544)
+
+
+def test_throughput_and_latency_budgets(tmp_path, nas_ready):
+    base = f"parent: {nas_ready}\nbatch: 2\nseq_len: 100\nruntime: {{method: analytic}}\n"
+    record = library_record(load_recipe(write_recipe(tmp_path, base), SearchConfig))
+    fastest = record["smallest"]["prefill_ms"]
+    best = 1000 * 2 * 100 / fastest
+    recipe = write_recipe(tmp_path, base + f"constraints: {{throughput: {best * 1.01}}}\n")
+    with pytest.raises(MinitronError, match=re.escape(f"the fastest choice reaches {best:,.6g}")):
+        library_record(load_recipe(recipe, SearchConfig))
+    recipe = write_recipe(tmp_path, base + "constraints: {latency_ms: 1.0e-9}\n")
+    with pytest.raises(MinitronError, match="latency_ms budget 1e-09 is infeasible"):
+        library_record(load_recipe(recipe, SearchConfig))
+    recipe = write_recipe(tmp_path, f"parent: {nas_ready}\nconstraints: {{latency_ms: 3}}\n")
+    with pytest.raises(MinitronError, match="needs runtime costs: set runtime.method: analytic"):
+        load_recipe(recipe, SearchConfig)
+    recipe = write_recipe(tmp_path, base.replace("analytic}", "analytic, hardware: tpu}"))
+    with pytest.raises(MinitronError, match="runtime.hardware must be one of"):
+        library_record(load_recipe(recipe, SearchConfig))
+    # the MIP keeps the summed prefill time under batch*seq_len / throughput
+    from minitron.commands.search import budgets
+    from minitron.search.mip import solve
+
+    half = write_recipe(tmp_path, base + f"constraints: {{throughput: {best / 2}}}\n")
+    config = load_recipe(half, SearchConfig)
+    costs, offsets, limits = budgets(config, record)
+    assert limits == {"prefill_ms": pytest.approx(2 * fastest)}
+    scores = [[float(len(row) - v) for v in range(len(row))] for row in costs["prefill_ms"]]
+    found, _ = solve(scores, costs, limits, offsets)
+    assert found[0].costs["prefill_ms"] <= 2 * fastest

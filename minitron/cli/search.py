@@ -57,18 +57,20 @@ def search(
         typer.echo(json.dumps(record, indent=2))
         return
     first = record["layers"][0]["variants"]
+    timed = first[0]["runtime_ms"] is not None
     table = Table(title=f"search library of {config.parent}: {len(first)} variants in layer 0")
-    for name in (
-        "attention",
-        "ffn",
-        "params",
-        "KV bytes/token",
-        f"memory at {config.batch}x{config.seq_len}",
-    ):
+    memory = f"memory at {config.batch}x{config.seq_len}"
+    columns = ["attention", "ffn", "params", "KV bytes/token", memory]
+    if timed:
+        columns += ["prefill ms", "decode ms"]
+    for name in columns:
         table.add_column(name, justify="left" if name in ("attention", "ffn") else "right")
     for v in first:
-        cells = [_kind(v["attention"], "attention"), _kind(v["ffn"], "ffn"), f"{v['params']:,}"]
-        table.add_row(*cells, f"{v['kv_bytes_per_token']:,}", gib(v["memory_bytes"]))
+        cells = [_kind(v["attention"], "attention"), _kind(v["ffn"], "ffn"), f"{v['params']:,}",
+                 f"{v['kv_bytes_per_token']:,}", gib(v["memory_bytes"])]  # fmt: skip
+        if timed:
+            cells += [f"{v['runtime_ms']['prefill']:.3f}", f"{v['runtime_ms']['decode']:.4f}"]
+        table.add_row(*cells)
     out.print(table)
     total = sum(len(layer["variants"]) for layer in record["layers"])
     out.print(f"{len(record['layers'])} layers, {total:,} variants in all")

@@ -61,10 +61,34 @@ class ConstraintsConfig:
         params: Most parameters of the result (counted as ``prune --dry-run`` does).
         memory_gib: Most GiB of weights in the serving dtype plus the KV cache of
             ``batch × seq_len`` tokens.
+        throughput: Fewest prefill tokens per second at ``batch × seq_len``
+            (``batch·seq_len / Σ prefill time``; needs ``runtime``).
+        latency_ms: Most milliseconds of one decode step of ``batch`` sequences with
+            ``seq_len`` tokens of context (``Σ decode time``; needs ``runtime``).
     """
 
     params: float | None = None
     memory_gib: float | None = None
+    throughput: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Runtime costs of the variants (for ``throughput`` and ``latency_ms`` budgets).
+
+    Attributes:
+        method: ``analytic`` (a roofline from FLOPs and bytes moved at the device's
+            peaks; needs no weights and no device), or ``None`` (no runtime costs).
+        hardware: Peaks of a named device: ``h100``, ``h200``, ``a100``.
+        peak_tflops: Dense peak TFLOP/s in the serving dtype (overrides ``hardware``).
+        bandwidth_gbs: Memory bandwidth in GB/s (overrides ``hardware``).
+    """
+
+    method: Literal["analytic"] | None = None
+    hardware: str | None = "h100"
+    peak_tflops: float | None = None
+    bandwidth_gbs: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +132,7 @@ class SearchConfig:
         seq_len: Tokens per sequence (memory and runtime costs).
         serving_dtype: Weight and KV-cache dtype when served.
         constraints: The budgets.
+        runtime: How runtime costs are computed.
         solutions: Distinct solutions of the MIP.
         max_shared: Most layer choices a solution shares with each earlier one.
         time_limit: Seconds per MIP solve.
@@ -132,6 +157,7 @@ class SearchConfig:
     seq_len: int = 4096
     serving_dtype: Literal["float8", "bfloat16", "float16", "float32"] = "bfloat16"
     constraints: ConstraintsConfig = dataclasses.field(default_factory=ConstraintsConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     solutions: int = 1
     max_shared: int | None = None
     time_limit: float = 60.0
@@ -153,6 +179,11 @@ class SearchConfig:
         for key, value in dataclasses.asdict(self.constraints).items():
             if value is not None and not value > 0:
                 raise MinitronError(f"constraints.{key} must be above 0 (got {value})")
+        timed = [k for k in ("throughput", "latency_ms") if getattr(self.constraints, k)]
+        if timed and self.runtime.method is None:
+            raise MinitronError(
+                f"constraints.{timed[0]} needs runtime costs: set runtime.method: analytic"
+            )
 
 
 def plan_library(config: SearchConfig) -> tuple[Any, Any]:
@@ -171,56 +202,108 @@ def plan_library(config: SearchConfig) -> tuple[Any, Any]:
 
 
 def library_record(config: SearchConfig) -> dict[str, Any]:
-    """``library.json`` of the dry run (scores and runtimes null), budgets checked.
+    """``library.json`` of the dry run (scores null), budgets checked.
 
     Raises:
-        MinitronError: A bad space or engine, or a budget below the smallest choice.
+        MinitronError: A bad space or engine, or a budget no choice meets.
     """
     from minitron.search.costs import block_cost, non_layer_params
     from minitron.search.mip import smallest
+    from minitron.search.runtime import block_runtime_ms, head_runtime_ms, peaks_for
 
     base, library = plan_library(config)
     size = DTYPE_BYTES[config.serving_dtype]
-    layers, params, memory = [], [], []
+    peaks = None
+    if config.runtime.method == "analytic":
+        rt = config.runtime
+        peaks = peaks_for(rt.hardware, rt.peak_tflops, rt.bandwidth_gbs)
+    layers = []
     for i, blocks in enumerate(library.layers):
-        variants, row_p, row_m = [], [], []
+        variants = []
         for block in blocks:
             cost = block_cost(base, block, config.batch, config.seq_len, size)
+            runtime = None
+            if peaks is not None:
+                runtime = block_runtime_ms(base, block, config.batch, config.seq_len, size, peaks)
             variants.append({
                 "attention": block.attention.to_dict(), "ffn": block.ffn.to_dict(),
                 "params": cost.params, "kv_bytes_per_token": cost.kv_bytes_per_token,
-                "memory_bytes": cost.memory_bytes, "runtime_ms": None, "score": None,
+                "memory_bytes": cost.memory_bytes, "runtime_ms": runtime, "score": None,
             })  # fmt: skip
-            row_p.append(cost.params)
-            row_m.append(cost.memory_bytes)
         layers.append({"layer": i, "variants": variants})
-        params.append(row_p)
-        memory.append(row_m)
     outside = non_layer_params(base)
-    least = {
-        "params": smallest(params, outside),
-        "memory_gib": smallest(memory, outside * size) / GIB,
-    }
-    parent_params = outside + sum(
-        block_cost(base, b, 1, 1, size).params for b in base.block_configs
-    )
-    for name, limit in dataclasses.asdict(config.constraints).items():
-        if limit is not None and least[name] > limit:
-            raise MinitronError(
-                f"{name} budget {limit:,.6g} is infeasible: the smallest choice needs "
-                f"{least[name]:,.6g}"
-            )
-    return {
+    record = {
         "parent": config.parent,
         "non_layer_params": outside,
-        "parent_params": parent_params,
-        "smallest": least,
+        "non_layer_runtime_ms": None
+        if peaks is None
+        else head_runtime_ms(base, config.batch, size, peaks),
+        "parent_params": outside
+        + sum(block_cost(base, b, 1, 1, size).params for b in base.block_configs),
         "constraints": dataclasses.asdict(config.constraints),
+        "runtime": dataclasses.asdict(config.runtime),
         "batch": config.batch,
         "seq_len": config.seq_len,
         "serving_dtype": config.serving_dtype,
         "layers": layers,
     }
+    costs, offsets, limits = budgets(config, record)
+    least = {name: smallest(rows, offsets[name]) for name, rows in costs.items()}
+    record["smallest"] = {"params": least["params"], "memory_gib": least["memory_bytes"] / GIB}
+    if "prefill_ms" in least:
+        record["smallest"]["prefill_ms"] = least["prefill_ms"]
+        record["smallest"]["decode_ms"] = least["decode_ms"]
+    for name, limit in limits.items():
+        if least[name] > limit:
+            raise MinitronError(_infeasible(config, name, least[name]))
+    return record
+
+
+def budgets(config: SearchConfig, library_json: dict[str, Any]):
+    """The MIP's cost rows, offsets (outside the layers) and limits, by cost name.
+
+    ``throughput`` becomes a limit on the summed prefill time
+    (``batch·seq_len / throughput``), ``latency_ms`` one on the summed decode time.
+    """
+    size = DTYPE_BYTES[config.serving_dtype]
+    outside = library_json["non_layer_params"]
+    layers = library_json["layers"]
+    costs = {
+        "params": [[v["params"] for v in e["variants"]] for e in layers],
+        "memory_bytes": [[v["memory_bytes"] for v in e["variants"]] for e in layers],
+    }
+    offsets = {"params": outside, "memory_bytes": outside * size}
+    if library_json.get("non_layer_runtime_ms") is not None:
+        for phase in ("prefill", "decode"):
+            costs[f"{phase}_ms"] = [[v["runtime_ms"][phase] for v in e["variants"]] for e in layers]
+            offsets[f"{phase}_ms"] = library_json["non_layer_runtime_ms"]
+    c = config.constraints
+    limits = {}
+    if c.params is not None:
+        limits["params"] = c.params
+    if c.memory_gib is not None:
+        limits["memory_bytes"] = c.memory_gib * GIB
+    if c.throughput is not None:
+        limits["prefill_ms"] = 1000.0 * config.batch * config.seq_len / c.throughput
+    if c.latency_ms is not None:
+        limits["decode_ms"] = c.latency_ms
+    return costs, offsets, limits
+
+
+def _infeasible(config: SearchConfig, name: str, least: float) -> str:
+    c = config.constraints
+    if name == "prefill_ms":
+        best = 1000.0 * config.batch * config.seq_len / least
+        return (f"throughput budget {c.throughput:,.6g} tokens/s is infeasible: the fastest "
+                f"choice reaches {best:,.6g}")  # fmt: skip
+    if name == "decode_ms":
+        return (f"latency_ms budget {c.latency_ms:,.6g} is infeasible: the fastest choice "
+                f"needs {least:,.6g}")  # fmt: skip
+    if name == "memory_bytes":
+        return (f"memory_gib budget {c.memory_gib:,.6g} is infeasible: the smallest choice "
+                f"needs {least / GIB:,.6g}")  # fmt: skip
+    return (f"params budget {c.params:,.6g} is infeasible: the smallest choice needs "
+            f"{least:,.6g}")  # fmt: skip
 
 
 def run_search(
@@ -237,6 +320,7 @@ def run_search(
     folder renamed when done.
     """
     import math
+    import shutil
     import time
     from pathlib import Path
 
@@ -248,8 +332,10 @@ def run_search(
     from minitron.eval.perplexity import perplexity
     from minitron.io import atomic_output_dir, check_output_dir, load_model
     from minitron.modeling import DeciLMConfig, llama_to_nas
+    from minitron.plots import plot_search_frontier
     from minitron.search import stages
     from minitron.search.bld import BLDOptions, TrainedBlocks, train_blocks
+    from minitron.search.mip import sweep
     from minitron.search.realise import depth_baseline, realise
     from minitron.search.variants import gather_statistics
 
@@ -287,6 +373,7 @@ def run_search(
                 trainer_options={"checkpoint_every": config.bld.checkpoint_every},
             )  # fmt: skip
             trained.save(work / "bld")
+            shutil.rmtree(work / "bld" / "checkpoints", ignore_errors=True)  # superseded
         timings["bld_s"] = time.perf_counter() - start
         bld_record = {
             "steps": steps,
@@ -345,6 +432,8 @@ def run_search(
             parent, parent_layers, offsets, limits, calibration, heldout
         )
         record["baselines"] = baselines
+    costs, offsets, _ = budgets(config, library_json)
+    record["frontier"] = sweep(scores.kl, costs, offsets, "params")
     prune_recipe = {"parent": config.parent, "block_configs": chosen["block_configs"]}
     with atomic_output_dir(output, overwrite) as tmp:
         (tmp / "library.json").write_text(json.dumps(library_json) + "\n")
@@ -353,6 +442,8 @@ def run_search(
             "# minitron prune blocks.yaml  (the best solution of minitron search)\n"
             + yaml.safe_dump(prune_recipe, sort_keys=False)
         )
+        plot_search_frontier(record["frontier"], chosen, tmp / "frontier.png",
+                             f"minitron search on {config.parent}")  # fmt: skip
         child.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "model" / "prune.json").write_text(json.dumps({
@@ -405,19 +496,10 @@ def _solve(config: SearchConfig, library_json: dict[str, Any], kl):
     """The MIP on ``kl`` under the recipe's budgets: (solutions, solver record, limits, offsets)."""
     from minitron.search.mip import solve
 
-    size = DTYPE_BYTES[config.serving_dtype]
-    outside = library_json["non_layer_params"]
-    params = [[v["params"] for v in e["variants"]] for e in library_json["layers"]]
-    memory = [[v["memory_bytes"] for v in e["variants"]] for e in library_json["layers"]]
-    limits, offsets = {}, {"params": outside, "memory_bytes": outside * size}
-    if config.constraints.params is not None:
-        limits["params"] = config.constraints.params
-    if config.constraints.memory_gib is not None:
-        limits["memory_bytes"] = config.constraints.memory_gib * GIB
+    costs, offsets, limits = budgets(config, library_json)
     found, solver = solve(
-        kl, {"params": params, "memory_bytes": memory}, limits, offsets,
-        config.solutions, config.max_shared, config.time_limit,
-    )  # fmt: skip
+        kl, costs, limits, offsets, config.solutions, config.max_shared, config.time_limit
+    )
     return found, solver, limits, offsets
 
 

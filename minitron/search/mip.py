@@ -142,3 +142,23 @@ def _choice(
         for name, rows in costs.items()
     }
     return Choice(chosen, score, totals)
+
+
+def sweep(
+    scores: Sequence[Sequence[float]],
+    costs: Mapping[str, Sequence[Sequence[float]]],
+    offsets: Mapping[str, float],
+    name: str = "params",
+    points: int = 12,
+    time_limit: float = 10.0,
+) -> list[dict[str, float]]:
+    """The best summed score at ``points`` budgets of ``name`` from its smallest to its
+    largest choice (the frontier), each with every cost of its solution."""
+    least = smallest(costs[name], offsets.get(name, 0.0))
+    most = offsets.get(name, 0.0) + sum(max(row) for row in costs[name])
+    frontier = []
+    for i in range(points):
+        limit = least + (most - least) * i / max(points - 1, 1)
+        found, _ = solve(scores, costs, {name: limit}, offsets, time_limit=time_limit)
+        frontier.append({"budget": limit, "score": found[0].score, **found[0].costs})
+    return frontier

@@ -58,7 +58,9 @@ def realise(parent, library: Library, found, passes, trained, heldout) -> Realis
             "block_configs": [b.to_dict() for b in blocks],
             "params": int(choice.costs["params"]),
             "memory_bytes": int(choice.costs["memory_bytes"]),
-            "runtime_ms": None,
+            "runtime_ms": {phase: choice.costs[f"{phase}_ms"] for phase in ("prefill", "decode")}
+            if "prefill_ms" in choice.costs
+            else None,
             "score": choice.score,
             "realised_kl": realised,
             "realised_perplexity": perplexity(child, heldout),
