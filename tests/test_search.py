@@ -415,3 +415,30 @@ def test_throughput_and_latency_budgets(tmp_path, nas_ready):
     scores = [[float(len(row) - v) for v in range(len(row))] for row in costs["prefill_ms"]]
     found, _ = solve(scores, costs, limits, offsets)
     assert found[0].costs["prefill_ms"] <= 2 * fastest
+
+
+def test_bld_in_groups_trains_the_same_sub_blocks(tmp_path):
+    """Variants are independent: training them in 3 groups of layers, one after another,
+    gives the weights (and records) of training them all at once."""
+    import torch
+
+    from minitron.modeling import llama_to_nas
+    from minitron.search.bld import BLDOptions, train_blocks
+    from minitron.search.variants import gather_statistics
+    from tests.conftest import random_batches
+    from tests.nas_helpers import tiny_nas_llama
+
+    parent = llama_to_nas(tiny_nas_llama(3)).eval()
+    library = build_library(parent.config, AttentionSpace((4, 1)), FFNSpace(fractions=(1.0, 0.5)))
+    calibration, heldout = random_batches(4), random_batches(seed=5)
+    passes = gather_statistics(parent, library, calibration, 1e-2)
+    options = BLDOptions(steps=6, lr=3e-3)
+    whole = train_blocks(parent, library, passes, calibration, heldout, options, tmp_path / "a")
+    parts = train_blocks(parent, library, passes, calibration, heldout, options, tmp_path / "b",
+                         groups=3)  # fmt: skip
+    assert sorted(parts.weights) == sorted(whole.weights)
+    for key, state in whole.weights.items():
+        for name, value in state.items():
+            torch.testing.assert_close(parts.weights[key][name], value, rtol=1e-5, atol=1e-6)
+    assert sorted(p["key"] for p in parts.record) == sorted(w["key"] for w in whole.record)
+    assert all((tmp_path / "b" / f"group-{g}" / "bld.json").is_file() for g in range(3))

@@ -105,6 +105,9 @@ class BLDSearchConfig:
         weight_decay: AdamW weight decay of matrices.
         grad_clip: Per-variant gradient-norm clip, or ``None``.
         checkpoint_every: Checkpoint every this many steps (``--resume`` continues).
+        groups: Train the variants in this many groups of consecutive layers, one
+            after another: ``1 / groups`` of the optimizer state at a time, for one
+            more parent pass per step and group.
         seed: Seed of the run.
     """
 
@@ -116,6 +119,7 @@ class BLDSearchConfig:
     weight_decay: float = 0.1
     grad_clip: float | None = 1.0
     checkpoint_every: int = 100
+    groups: int = 1
     seed: int = 0
 
 
@@ -174,8 +178,9 @@ class SearchConfig:
         for key in ("batch", "seq_len", "solutions"):
             if getattr(self, key) < 1:
                 raise MinitronError(f"{key} must be at least 1 (got {getattr(self, key)})")
-        if self.bld.tokens < 1 or self.bld.checkpoint_every < 1:
-            raise MinitronError("bld.tokens and bld.checkpoint_every must be at least 1")
+        for key in ("tokens", "checkpoint_every", "groups"):
+            if getattr(self.bld, key) < 1:
+                raise MinitronError(f"bld.{key} must be at least 1 (got {getattr(self.bld, key)})")
         for key, value in dataclasses.asdict(self.constraints).items():
             if value is not None and not value > 0:
                 raise MinitronError(f"constraints.{key} must be above 0 (got {value})")
@@ -369,11 +374,13 @@ def run_search(
             )  # fmt: skip
             trained = train_blocks(
                 parent, library, passes, calibration, heldout, options, work / "bld",
-                resume=resume and (work / "bld" / "checkpoints" / "latest").is_file(),
+                resume=resume,
                 trainer_options={"checkpoint_every": config.bld.checkpoint_every},
+                groups=config.bld.groups,
             )  # fmt: skip
             trained.save(work / "bld")
-            shutil.rmtree(work / "bld" / "checkpoints", ignore_errors=True)  # superseded
+            for folder in [work / "bld", *(work / "bld").glob("group-*")]:
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # superseded
         timings["bld_s"] = time.perf_counter() - start
         bld_record = {
             "steps": steps,

@@ -322,15 +322,44 @@ def train_blocks(
     work: Path,
     resume: bool = False,
     trainer_options: dict[str, Any] | None = None,
+    groups: int = 1,
 ) -> TrainedBlocks:
     """Train every sub-block variant of ``library`` by BLD; record held-out NMSE before/after.
 
-    Checkpoints go to ``work/checkpoints`` (``resume`` continues from the newest);
-    ``model`` (the parent) is not changed.
+    With ``groups > 1`` the variants are trained in that many groups of consecutive
+    layers, one after another (each with its own parent passes), so the optimizer state
+    held at once is ``1 / groups`` of the whole. Each group's checkpoints go to
+    ``work/group-<g>/checkpoints`` and its result to ``work/group-<g>``; ``resume``
+    skips finished groups and continues the interrupted one. ``model`` (the parent) is
+    not changed.
     """
+    variants = trainable_variants(library)
+    count = max(1, min(groups, len(library.layers)))
+    bounds = [round(i * len(library.layers) / count) for i in range(count + 1)]
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    record: list[dict[str, Any]] = []
+    for g in range(count):
+        part = [v for v in variants if bounds[g] <= v.layer < bounds[g + 1]]
+        if not part:
+            continue
+        folder = work / f"group-{g}" if count > 1 else work
+        done = TrainedBlocks.load(folder) if count > 1 else None
+        if done is None:
+            again = resume and (folder / "checkpoints" / "latest").is_file()
+            done = _train_group(model, part, passes, batches, heldout, options, folder, again,
+                                trainer_options)  # fmt: skip
+            if count > 1:
+                done.save(folder)
+        weights.update(done.weights)
+        record.extend(done.record)
+    return TrainedBlocks(weights, record)
+
+
+def _train_group(model, variants, passes, batches, heldout, options, work, resume,
+                 trainer_options) -> TrainedBlocks:  # fmt: skip
+    """One Lightning run training ``variants`` together from one parent pass a step."""
     from minitron.distill.run import StepCheckpoint, StepProgress, fit, quiet_lightning
 
-    variants = trainable_variants(library)
     students = build_students(model, variants, passes)
     before = heldout_nmse(model, variants, students, heldout)
     L.seed_everything(options.seed, verbose=False)
