@@ -442,3 +442,44 @@ def test_bld_in_groups_trains_the_same_sub_blocks(tmp_path):
             torch.testing.assert_close(parts.weights[key][name], value, rtol=1e-5, atol=1e-6)
     assert sorted(p["key"] for p in parts.record) == sorted(w["key"] for w in whole.record)
     assert all((tmp_path / "b" / f"group-{g}" / "bld.json").is_file() for g in range(3))
+
+
+def test_measured_runtimes_time_blocks_on_this_device():
+    import torch
+
+    from minitron.modeling import AttentionConfig, FFNConfig
+    from minitron.search.measure import EMPTY, measure_runtimes
+
+    parent = nas_config_from_llama(
+        tiny_config(2, hidden_size=256, intermediate_size=1024, num_attention_heads=8,
+                    num_key_value_heads=4, max_position_embeddings=512)
+    )  # fmt: skip
+    full = parent.block_configs[0]
+    half = BlockConfig(AttentionConfig(no_op=True), FFNConfig(ffn_mult=full.ffn.ffn_mult / 4))
+    times, outside = measure_runtimes(parent, [full, half, EMPTY, full], 2, 256,
+                                      torch.float32, torch.device("cpu"), repeats=3)  # fmt: skip
+    assert times[0] is times[3]  # timed once per distinct block
+    for phase in ("prefill", "decode"):
+        assert outside[phase] > 0
+        assert times[0][phase] > times[2][phase] >= 0 and times[1][phase] >= 0
+    # (how the variants compare is a speed figure: benchmarks/, not a timed test)
+
+
+def test_search_with_measured_runtimes_and_a_latency_budget(tmp_path):
+    from minitron.commands.search import run_search
+
+    config = _tiny_search(tmp_path, bld={"enabled": False},
+                          runtime={"method": "measured", "repeats": 2, "copies": 2},
+                          constraints={"latency_ms": 1000.0})  # fmt: skip
+    dry = library_record(config)
+    assert dry["layers"][0]["variants"][0]["runtime_ms"] is None  # not measured in a dry run
+    record = run_search(config, tmp_path / "out")
+    library = json.loads((tmp_path / "out/library.json").read_text())
+    assert all(v["runtime_ms"]["prefill"] >= 0 for v in library["layers"][0]["variants"])
+    best = record["solutions"][0]
+    assert best["runtime_ms"]["decode"] <= 1000.0
+    with pytest.raises(MinitronError, match="latency_ms budget 1e-06 is infeasible"):
+        run_search(_tiny_search(tmp_path, bld={"enabled": False},
+                                runtime={"method": "measured", "repeats": 1, "copies": 1},
+                                constraints={"latency_ms": 1e-6}), tmp_path / "bad")  # fmt: skip
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.work").exists()

@@ -78,17 +78,23 @@ class RuntimeConfig:
     """Runtime costs of the variants (for ``throughput`` and ``latency_ms`` budgets).
 
     Attributes:
-        method: ``analytic`` (a roofline from FLOPs and bytes moved at the device's
-            peaks; needs no weights and no device), or ``None`` (no runtime costs).
-        hardware: Peaks of a named device: ``h100``, ``h200``, ``a100``.
-        peak_tflops: Dense peak TFLOP/s in the serving dtype (overrides ``hardware``).
-        bandwidth_gbs: Memory bandwidth in GB/s (overrides ``hardware``).
+        method: ``measured`` (each variant timed on the run's device: a model of
+            ``copies`` such blocks against an empty one, median of ``repeats``; not in a
+            dry run), ``analytic`` (a roofline from FLOPs and bytes moved at the
+            device's peaks; needs no weights and no device), or ``None`` (none).
+        hardware: ``analytic``: peaks of a named device: ``h100``, ``h200``, ``a100``.
+        peak_tflops: ``analytic``: dense peak TFLOP/s (overrides ``hardware``).
+        bandwidth_gbs: ``analytic``: memory bandwidth in GB/s (overrides ``hardware``).
+        repeats: ``measured``: timed runs per variant (the median is kept).
+        copies: ``measured``: blocks in each timed model.
     """
 
-    method: Literal["analytic"] | None = None
+    method: Literal["analytic", "measured"] | None = None
     hardware: str | None = "h100"
     peak_tflops: float | None = None
     bandwidth_gbs: float | None = None
+    repeats: int = 5
+    copies: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +219,6 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
         MinitronError: A bad space or engine, or a budget no choice meets.
     """
     from minitron.search.costs import block_cost, non_layer_params
-    from minitron.search.mip import smallest
     from minitron.search.runtime import block_runtime_ms, head_runtime_ms, peaks_for
 
     base, library = plan_library(config)
@@ -242,7 +247,7 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
         "non_layer_params": outside,
         "non_layer_runtime_ms": None
         if peaks is None
-        else head_runtime_ms(base, config.batch, size, peaks),
+        else dict.fromkeys(("prefill", "decode"), head_runtime_ms(base, config.batch, size, peaks)),
         "parent_params": outside
         + sum(block_cost(base, b, 1, 1, size).params for b in base.block_configs),
         "constraints": dataclasses.asdict(config.constraints),
@@ -252,6 +257,18 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
         "serving_dtype": config.serving_dtype,
         "layers": layers,
     }
+    check_budgets(config, record)
+    return record
+
+
+def check_budgets(config: SearchConfig, record: dict[str, Any]) -> None:
+    """Record the smallest (fastest) choice; refuse a budget no choice meets.
+
+    Runtime budgets are checked once runtimes are known (a measured run's are not in a
+    dry run).
+    """
+    from minitron.search.mip import smallest
+
     costs, offsets, limits = budgets(config, record)
     least = {name: smallest(rows, offsets[name]) for name, rows in costs.items()}
     record["smallest"] = {"params": least["params"], "memory_gib": least["memory_bytes"] / GIB}
@@ -259,9 +276,30 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
         record["smallest"]["prefill_ms"] = least["prefill_ms"]
         record["smallest"]["decode_ms"] = least["decode_ms"]
     for name, limit in limits.items():
-        if least[name] > limit:
+        if name in least and least[name] > limit:
             raise MinitronError(_infeasible(config, name, least[name]))
-    return record
+
+
+def measure_library(config: SearchConfig, record: dict[str, Any], base, library, device) -> None:
+    """Fill ``runtime_ms`` of every variant (and outside the layers) by timing on ``device``."""
+    import torch
+
+    from minitron.search.measure import measure_runtimes
+
+    dtype = {"float32": torch.float32, "float16": torch.float16}.get(
+        config.serving_dtype, torch.bfloat16
+    )  # float8 is timed in bf16: a stock forward has no fp8 matmuls
+    flat = [b for blocks in library.layers for b in blocks]
+    times, outside = measure_runtimes(
+        base, flat, config.batch, config.seq_len, dtype, device,
+        config.runtime.repeats, config.runtime.copies,
+    )  # fmt: skip
+    it = iter(times)
+    for layer in record["layers"]:
+        for variant in layer["variants"]:
+            variant["runtime_ms"] = next(it)
+    record["non_layer_runtime_ms"] = outside
+    check_budgets(config, record)
 
 
 def budgets(config: SearchConfig, library_json: dict[str, Any]):
@@ -281,7 +319,7 @@ def budgets(config: SearchConfig, library_json: dict[str, Any]):
     if library_json.get("non_layer_runtime_ms") is not None:
         for phase in ("prefill", "decode"):
             costs[f"{phase}_ms"] = [[v["runtime_ms"][phase] for v in e["variants"]] for e in layers]
-            offsets[f"{phase}_ms"] = library_json["non_layer_runtime_ms"]
+            offsets[f"{phase}_ms"] = library_json["non_layer_runtime_ms"][phase]
     c = config.constraints
     limits = {}
     if c.params is not None:
@@ -324,6 +362,29 @@ def run_search(
     the best) and ``model/`` (the best, a nemotron-nas checkpoint) into a temporary
     folder renamed when done.
     """
+    import shutil
+    from pathlib import Path
+
+    from minitron.config import config_to_dict
+    from minitron.io import check_output_dir
+    from minitron.search import stages
+
+    output = check_output_dir(output, overwrite, protect=[config.parent])
+    library_json = library_record(config)  # budgets checked before weights load
+    base, library = plan_library(config)
+    recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
+    run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
+    work = stages.open_work(Path(output), run, resume, overwrite)
+    try:
+        return _run_stages(config, output, overwrite, resume, work, library_json, base, library)
+    except MinitronError:
+        if not resume and not [p for p in work.iterdir() if p.name != "run.json"]:
+            shutil.rmtree(work, ignore_errors=True)  # a bad request leaves nothing behind
+        raise
+
+
+def _run_stages(config, output, overwrite, resume, work, library_json, base, library):
+    """The stages after the checks: weights, BLD, scores, MIP, realising, writing."""
     import math
     import shutil
     import time
@@ -335,25 +396,20 @@ def run_search(
     from minitron.config import config_to_dict
     from minitron.data import batches, load_text_data
     from minitron.eval.perplexity import perplexity
-    from minitron.io import atomic_output_dir, check_output_dir, load_model
+    from minitron.io import atomic_output_dir, load_model
     from minitron.modeling import DeciLMConfig, llama_to_nas
     from minitron.plots import plot_search_frontier
-    from minitron.search import stages
     from minitron.search.bld import BLDOptions, TrainedBlocks, train_blocks
     from minitron.search.mip import sweep
     from minitron.search.realise import depth_baseline, realise
     from minitron.search.variants import gather_statistics
 
-    output = check_output_dir(output, overwrite, protect=[config.parent])
-    library_json = library_record(config)  # budgets checked before weights load
-    base, library = plan_library(config)
-    recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
-    run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
-    work = stages.open_work(Path(output), run, resume, overwrite)
     model, tokenizer = load_model(
         config.parent, config.dtype, config.device, config.trust_remote_code
     )
     parent = model if isinstance(model.config, DeciLMConfig) else llama_to_nas(model).eval()
+    if config.runtime.method == "measured":
+        measure_library(config, library_json, base, library, next(parent.parameters()).device)
     data = load_text_data(config.data, tokenizer)
     calibration = batches(data.calibration, config.data.batch_size)
     heldout = batches(data.heldout, config.data.batch_size)
