@@ -149,8 +149,16 @@ def test_bad_search_requests(tmp_path, nas_ready):
     recipe = write_recipe(tmp_path, f"parent: {tiny_checkpoint}\nattention: {{kv_heads: [3]}}\n")
     assert_user_error(minitron("search", recipe, "--dry-run"), "do not divide")
     config = parse_config(SearchConfig, {"parent": str(tiny_checkpoint), "serve_with": "vllm"})
-    kinds = {json.dumps(v["attention"]) for v in library_record(config)["layers"][0]["variants"]}
-    assert not any('"replace_with_linear": true' in k for k in kinds)  # vLLM: no linear
+    with pytest.raises(MinitronError, match="vLLM cannot serve attention linear in any layer; "
+                       "set attention.linear: false"):  # fmt: skip
+        library_record(config)
+    config = parse_config(SearchConfig, {"parent": str(tiny_checkpoint), "serve_with": "llamacpp",
+                                         "ffn": {"linear": False, "no_op": False}})  # fmt: skip
+    layers = library_record(config)["layers"]  # llama.cpp: attention no_op in layers 1.. only
+    assert not any(v["attention"]["no_op"] for v in layers[0]["variants"])
+    assert any(v["attention"]["no_op"] for v in layers[1]["variants"])
+    recipe = write_recipe(tmp_path, f"parent: {tiny_checkpoint}\nserve_with: llamacpp\n")
+    assert_user_error(minitron("search", recipe, "--dry-run"), "llama.cpp cannot serve ffn linear")
 
 
 def test_replace_one_block_scores_equal_a_physically_edited_model():
@@ -356,6 +364,19 @@ def test_a_search_killed_during_bld_resumes_to_the_same_library(tmp_path, monkey
     assert any(v["bld"]["ffn"] for layer in whole["layers"] for v in layer["variants"])
     with pytest.raises(MinitronError, match="nothing to resume"):
         run_search(config, tmp_path / "never", resume=True)
+    # the parent changed under a run: its layers no longer match the run's library
+    import shutil
+
+    from tests.nas_helpers import tiny_nas_llama
+
+    with pytest.raises(RuntimeError, match="killed"):
+        monkeypatch.setattr(bld.BLDModule, "training_step", crash)
+        run_search(config, tmp_path / "again")
+    shutil.rmtree(tmp_path / "parent")
+    tiny_nas_llama(4).save_pretrained(tmp_path / "parent")
+    (tmp_path / "whole/model/tokenizer.json").rename(tmp_path / "parent/tokenizer.json")
+    with pytest.raises(MinitronError, match="the parent's layers differ"):
+        run_search(config, tmp_path / "again", resume=True)
 
 
 def test_analytic_runtimes_by_hand():

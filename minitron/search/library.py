@@ -22,7 +22,7 @@ from minitron.modeling import (
     ffn_mult_to_intermediate_size,
     intermediate_size_to_ffn_mult,
 )
-from minitron.nas.engines import ENGINES, refused_kinds
+from minitron.nas.engines import ENGINES, NAMES, refused_kinds
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ def build_library(
     widths = [b.ffn.intermediate_size(parent.hidden_size) or 0 for b in parent.block_configs]
     attn = attention_variants(parent, attention)
     mlp = ffn_variants(parent, ffn, max(widths) or parent.hidden_size * 4)
+    if serve_with is not None:
+        _refuse_unservable(parent, attn, mlp, serve_with)
     layers = []
     for i in range(parent.num_hidden_layers):
         blocks = [BlockConfig(a, f) for a in attn for f in mlp]
@@ -125,6 +127,26 @@ def build_library(
             raise MinitronError(f"layer {i}: {serve_with} serves none of the variants")
         layers.append(blocks)
     return Library(parent, layers)
+
+
+def _refuse_unservable(parent: DeciLMConfig, attn, mlp, engine: str) -> None:
+    """A kind the recipe asks for that the engine serves in no layer is a bad request
+    (kinds refused in some layers only, like llama.cpp's attention no_op in layer 0,
+    are left out of those layers)."""
+    layers = range(parent.num_hidden_layers)
+    for half, variants, other in (("attention", attn, mlp[0]), ("ffn", mlp, attn[0])):
+        for variant in variants:
+            block = (
+                BlockConfig(variant, other) if half == "attention" else BlockConfig(other, variant)
+            )
+            refused = [refused_kinds(engine, i, block) for i in layers]
+            own = [r for r in refused if any(k.lower().startswith(half) for k in r)]
+            if len(own) == len(refused):
+                kind = "linear" if variant.replace_with_linear else "no_op"
+                raise MinitronError(
+                    f"serve_with {engine}: {NAMES[engine]} cannot serve {half} {kind} in any "
+                    f"layer; set {half}.{kind}: false"
+                )
 
 
 def find_block(blocks: Sequence[BlockConfig], block: BlockConfig) -> int | None:
