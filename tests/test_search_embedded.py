@@ -17,7 +17,7 @@ RECIPE = ROOT / "recipes/smollm2-135m/search.yaml"
 # FFN at full or half width or none) and fewer tokens, so the run takes a few minutes.
 SMALL = [
     "attention.kv_heads=[3]", "attention.linear=false", "ffn.fractions=[1.0,0.5]",
-    "solutions=1", "data.samples=32", "data.heldout=2", "bld.tokens=10240", "bld.lr=1e-3",
+    "solutions=1", "data.heldout=2", "bld.tokens=10240",
     "bld.checkpoint_every=100", "dtype=float32",
 ]  # fmt: skip
 
@@ -54,4 +54,5 @@ def test_search_beats_depth_pruning_and_the_search_without_bld(tmp_path):
         if v["bld"]["ffn"]
     ]  # fmt: skip
     assert len({json.dumps(t) for t in trained}) == 30  # the half-width FFN of every layer
-    assert all(t["nmse_trained"] < t["nmse_init"] for t in trained)
+    worse = [t for t in trained if not t["nmse_trained"] < t["nmse_init"]]
+    assert not worse, worse
