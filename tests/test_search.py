@@ -254,6 +254,18 @@ def test_search_run_on_a_tiny_model_respects_the_budget(tmp_path):
     assert record["frontier"][-1]["score"] == 0.0  # the whole parent fits the largest budget
     depth = record["baselines"]["depth_pruning"]
     assert depth["params"] <= 200_000 and depth["dropped_layers"]
+    # --solution K: the finished stages are reused (--resume) and the K-th MIP solution
+    # is written; its model is the one realised for it
+    third = next(s for s in record["solutions"] if s["rank_by_summed_score"] == 2)
+    again = run_search(config, tmp_path / "out", overwrite=True, resume=True, solution=2)
+    assert again["written_solution"] == 2
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out/model")
+    assert [b.to_dict() for b in model.config.block_configs] == third["block_configs"]
+    assert heldout_kl(parent, model.eval(), heldout) == pytest.approx(
+        third["realised_kl"], rel=1e-5
+    )
+    with pytest.raises(MinitronError, match="--solution 3: the recipe asks for 3"):
+        run_search(config, tmp_path / "out", overwrite=True, resume=True, solution=3)
 
 
 def _tiny_search(tmp_path, **overrides):

@@ -34,6 +34,13 @@ def search(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run at its stage (and BLD step).")
     ] = False,
+    solution: Annotated[
+        int | None,
+        typer.Option(
+            help="Write the MIP's K-th solution (0 = best summed score) instead of "
+            "the best realised one."
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print library.json instead of tables.")
     ] = False,
@@ -44,7 +51,7 @@ def search(
     config = load_recipe(recipe, SearchConfig, set_ or [])
     if not dry_run:
         target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
-        result = run_search(config, target, overwrite, resume)
+        result = run_search(config, target, overwrite, resume, solution)
         if json_output:
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "recipe"}, indent=2))
             return

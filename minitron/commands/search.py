@@ -350,7 +350,11 @@ def _infeasible(config: SearchConfig, name: str, least: float) -> str:
 
 
 def run_search(
-    config: SearchConfig, output: Any, overwrite: bool = False, resume: bool = False
+    config: SearchConfig,
+    output: Any,
+    overwrite: bool = False,
+    resume: bool = False,
+    solution: int | None = None,
 ) -> dict[str, Any]:
     """BLD, scores, the MIP, realised and re-ranked solutions; write the best.
 
@@ -360,7 +364,8 @@ def run_search(
     ``search.json`` (the solutions, best first, with summed and realised scores, and
     the baselines with ``compare``), ``blocks.yaml`` (a ``minitron prune`` recipe of
     the best) and ``model/`` (the best, a nemotron-nas checkpoint) into a temporary
-    folder renamed when done.
+    folder renamed when done. ``solution=K`` writes the MIP's ``K``-th solution (0 =
+    the best summed score) instead of the best realised one.
     """
     import shutil
     from pathlib import Path
@@ -370,20 +375,26 @@ def run_search(
     from minitron.search import stages
 
     output = check_output_dir(output, overwrite, protect=[config.parent])
+    if solution is not None and not 0 <= solution < config.solutions:
+        raise MinitronError(
+            f"--solution {solution}: the recipe asks for {config.solutions} solution(s), "
+            f"numbered 0..{config.solutions - 1}"
+        )
     library_json = library_record(config)  # budgets checked before weights load
     base, library = plan_library(config)
     recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
     run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
     work = stages.open_work(Path(output), run, resume, overwrite)
     try:
-        return _run_stages(config, output, overwrite, resume, work, library_json, base, library)
+        return _run_stages(config, output, overwrite, resume, work, library_json, base, library,
+                           solution)  # fmt: skip
     except MinitronError:
         if not resume and not [p for p in work.iterdir() if p.name != "run.json"]:
             shutil.rmtree(work, ignore_errors=True)  # a bad request leaves nothing behind
         raise
 
 
-def _run_stages(config, output, overwrite, resume, work, library_json, base, library):
+def _run_stages(config, output, overwrite, resume, work, library_json, base, library, solution):
     """The stages after the checks: weights, BLD, scores, MIP, realising, writing."""
     import math
     import shutil
@@ -455,6 +466,16 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     timings["mip_and_realise_s"] = time.perf_counter() - start
     solutions, child = realised.solutions, realised.model
     chosen = solutions[0]
+    if solution is not None:
+        from minitron.modeling import BlockConfig
+        from minitron.search.realise import assemble
+
+        picked = [e for e in solutions if e["rank_by_summed_score"] == solution]
+        if not picked:
+            raise MinitronError(f"--solution {solution}: the MIP found {len(solutions)} only")
+        chosen = picked[0]
+        blocks = [BlockConfig.from_dict(b) for b in chosen["block_configs"]]
+        child = assemble(parent, blocks, passes, trained)
     record = {
         "parent": config.parent,
         "constraints": dataclasses.asdict(config.constraints),
@@ -474,6 +495,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
         },  # fmt: skip
         "bld": bld_record,
         "timings": timings,
+        "written_solution": chosen["rank_by_summed_score"],
         "recipe": config_to_dict(config),
         "minitron_version": __version__,
     }
