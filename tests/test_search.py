@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -516,3 +517,28 @@ def test_search_with_measured_runtimes_and_a_latency_budget(tmp_path):
                                 runtime={"method": "measured", "repeats": 1, "copies": 1},
                                 constraints={"latency_ms": 1e-6}), tmp_path / "bad")  # fmt: skip
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.work").exists()
+
+
+def test_bld_of_a_bf16_parent_trains_fp32_masters_and_scores_in_bf16(tmp_path):
+    """A bf16 parent trains under bf16-mixed with fp32 sub-block weights; the trained
+    sub-blocks are measured and scored in the parent's dtype."""
+    import torch
+
+    from minitron.modeling import llama_to_nas
+    from minitron.search.bld import BLDOptions, train_blocks
+    from minitron.search.scores import replace_one_block_scores
+    from minitron.search.variants import gather_statistics
+    from tests.conftest import random_batches
+    from tests.nas_helpers import tiny_nas_llama
+
+    parent = llama_to_nas(tiny_nas_llama(2)).eval().to(torch.bfloat16)
+    library = build_library(parent.config, AttentionSpace((4, 1)), FFNSpace(fractions=(1.0, 0.5)))
+    calibration, heldout = random_batches(2), random_batches(seed=5)
+    passes = gather_statistics(parent, library, calibration, 1e-2)
+    trained = train_blocks(parent, library, passes, calibration, heldout,
+                           BLDOptions(steps=2, lr=1e-3), tmp_path)  # fmt: skip
+    values = [v for state in trained.weights.values() for v in state.values()]
+    assert values and all(v.dtype == torch.float32 for v in values)
+    scores = replace_one_block_scores(parent, library, None, heldout, passes=passes,
+                                      trained=trained)  # fmt: skip
+    assert all(math.isfinite(k) for row in scores.kl for k in row)

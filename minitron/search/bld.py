@@ -374,7 +374,7 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
         max_steps=options.steps,
         precision=extra.pop("precision", precision),
         accelerator=extra.pop("accelerator", "gpu" if device.type == "cuda" else "cpu"),
-        devices=extra.pop("devices", 1),
+        devices=extra.pop("devices", [device.index] if device.index is not None else 1),
         gradient_clip_val=None,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -391,10 +391,13 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
         **extra,
     )
     fit(trainer, module, work, resume)
+    weights = module.trained()  # the fp32 masters
+    for halves in module.students.values():
+        halves.to(dtype)  # measured as they are served and scored: in the parent's dtype
     after = heldout_nmse(model, variants, module.layers, heldout)
     record = [
         {"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(), "key": v.key,
          "nmse_init": b, "nmse_trained": a}
         for v, b, a in zip(variants, before, after, strict=True)
     ]  # fmt: skip
-    return TrainedBlocks(module.trained(), record)
+    return TrainedBlocks(weights, record)
