@@ -542,3 +542,41 @@ def test_bld_of_a_bf16_parent_trains_fp32_masters_and_scores_in_bf16(tmp_path):
     scores = replace_one_block_scores(parent, library, None, heldout, passes=passes,
                                       trained=trained)  # fmt: skip
     assert all(math.isfinite(k) for row in scores.kl for k in row)
+
+
+def test_a_search_process_killed_during_bld_resumes_to_the_same_library(tmp_path):
+    """SIGKILL of a real `minitron search` process once BLD has checkpointed, then
+    `--resume`: the same library.json as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from minitron.commands.search import run_search
+
+    config = _tiny_search(tmp_path, bld={"tokens": 32 * 200, "lr": 1e-3, "checkpoint_every": 2})
+    recipe = tmp_path / "search.yaml"
+    from minitron.config import config_to_dict
+
+    recipe.write_text(yaml.safe_dump(config_to_dict(config)))
+    run_search(load_recipe(recipe, SearchConfig), tmp_path / "whole")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "minitron", "search", str(recipe), "--output"]
+    process = subprocess.Popen([*command, str(tmp_path / "cut")], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    latest = tmp_path / "cut.work/bld/checkpoints/latest"
+    deadline = time.monotonic() + 120
+    while not latest.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert latest.is_file() and not (tmp_path / "cut").exists()
+    assert not (tmp_path / "cut.work/bld/bld.json").exists()  # killed inside BLD
+    done = subprocess.run([*command, str(tmp_path / "cut"), "--resume"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = json.loads((tmp_path / "whole/library.json").read_text())
+    assert json.loads((tmp_path / "cut/library.json").read_text()) == whole
