@@ -55,8 +55,9 @@ def main() -> None:
     )
     seconds = {}
     start = time.perf_counter()
-    record = library_record(config)
-    _, library = plan_library(config)
+    planned = plan_library(config)
+    record = library_record(config, planned)
+    library = planned[1]
     seconds["library_and_costs"] = time.perf_counter() - start
     model, tokenizer = load_model(config.parent, "float32", "cpu")
     parent = llama_to_nas(model).eval()

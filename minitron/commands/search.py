@@ -212,8 +212,9 @@ def plan_library(config: SearchConfig) -> tuple[Any, Any]:
     return base, build_library(base, attention, ffn, config.serve_with)
 
 
-def library_record(config: SearchConfig) -> dict[str, Any]:
-    """``library.json`` of the dry run (scores null), budgets checked.
+def library_record(config: SearchConfig, planned: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """``library.json`` of the dry run (scores null), budgets checked; ``planned`` is
+    ``plan_library(config)`` when the caller has it already.
 
     Raises:
         MinitronError: A bad space or engine, or a budget no choice meets.
@@ -221,7 +222,7 @@ def library_record(config: SearchConfig) -> dict[str, Any]:
     from minitron.search.costs import block_cost, non_layer_params
     from minitron.search.runtime import block_runtime_ms, head_runtime_ms, peaks_for
 
-    base, library = plan_library(config)
+    base, library = planned or plan_library(config)
     size = DTYPE_BYTES[config.serving_dtype]
     peaks = None
     if config.runtime.method == "analytic":
@@ -380,8 +381,8 @@ def run_search(
             f"--solution {solution}: the recipe asks for {config.solutions} solution(s), "
             f"numbered 0..{config.solutions - 1}"
         )
-    library_json = library_record(config)  # budgets checked before weights load
     base, library = plan_library(config)
+    library_json = library_record(config, (base, library))  # budgets checked before weights
     recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
     run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
     work = stages.open_work(Path(output), run, resume, overwrite)
@@ -411,7 +412,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     from minitron.modeling import DeciLMConfig, llama_to_nas
     from minitron.plots import plot_search_frontier
     from minitron.search.bld import BLDOptions, TrainedBlocks, train_blocks
-    from minitron.search.mip import sweep
+    from minitron.search.mip import solve, sweep
     from minitron.search.realise import depth_baseline, realise
     from minitron.search.variants import gather_statistics
 
@@ -461,7 +462,9 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     timings["scores_s"] = time.perf_counter() - start
     _fill_library(library_json, scores, trained)
     start = time.perf_counter()
-    found, solver, limits, offsets = _solve(config, library_json, scores.kl)
+    costs, offsets, limits = budgets(config, library_json)
+    mip = (costs, limits, offsets, config.solutions, config.max_shared, config.time_limit)
+    found, solver = solve(scores.kl, *mip)
     realised = realise(parent, library, found, passes, trained, heldout)
     timings["mip_and_realise_s"] = time.perf_counter() - start
     solutions, child = realised.solutions, realised.model
@@ -503,7 +506,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
         baselines = {}
         if trained is not None:
             untrained = _scores(work / "scores-untrained.json", parent, library, heldout, passes)
-            found_u, _, _, _ = _solve(config, library_json, untrained.kl)
+            found_u, _ = solve(untrained.kl, *mip)
             best_u = realise(parent, library, found_u, passes, None, heldout).solutions[0]
             baselines["search_without_bld"] = {
                 k: best_u[k] for k in ("params", "score", "realised_kl", "realised_perplexity")
@@ -517,7 +520,6 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
             parent, parent_layers, offsets, limits, calibration, heldout
         )
         record["baselines"] = baselines
-    costs, offsets, _ = budgets(config, library_json)
     record["frontier"] = sweep(scores.kl, costs, offsets, "params")
     prune_recipe = {"parent": config.parent, "block_configs": chosen["block_configs"]}
     with atomic_output_dir(output, overwrite) as tmp:
@@ -575,17 +577,6 @@ def _fill_library(library_json: dict[str, Any], scores, trained) -> None:
                     half: nmse.get((layer, half, json.dumps(variant[half], sort_keys=True)))
                     for half in ("attention", "ffn")
                 }
-
-
-def _solve(config: SearchConfig, library_json: dict[str, Any], kl):
-    """The MIP on ``kl`` under the recipe's budgets: (solutions, solver record, limits, offsets)."""
-    from minitron.search.mip import solve
-
-    costs, offsets, limits = budgets(config, library_json)
-    found, solver = solve(
-        kl, costs, limits, offsets, config.solutions, config.max_shared, config.time_limit
-    )
-    return found, solver, limits, offsets
 
 
 def _parent_indices(library) -> list[int]:

@@ -240,9 +240,7 @@ class BLDModule(L.LightningModule):
         self.batches = list(batches)
         self.options = options
         self.needed = {v.layer for v in self.variants if v.half == "ffn"}
-        self.tokens_per_step = self.batches[0].numel() if self.batches else 0
         self.layout = _Layout()
-        self.losses: list[float] = []
         parent.requires_grad_(False)
 
     def on_fit_start(self) -> None:
@@ -262,7 +260,6 @@ class BLDModule(L.LightningModule):
             total = total + err / norm
         mean = total.detach() / max(len(self.variants), 1)
         self.log("nmse", mean, prog_bar=True)
-        self.losses.append(mean.item())
         return total
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
