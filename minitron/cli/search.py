@@ -52,6 +52,8 @@ def search(
     if not dry_run:
         target = output or Path(config.output or Path("runs") / recipe.parent.name / recipe.stem)
         result = run_search(config, target, overwrite, resume, solution)
+        if result is None:  # another process of a multi-device run: rank 0 reports
+            return
         if json_output:
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "recipe"}, indent=2))
             return

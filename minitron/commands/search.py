@@ -1,9 +1,10 @@
 """``minitron search``: its typed config, the dry run, and the search run.
 
-The dry run plans the library and its costs from the config alone. The run scores
-every variant (replace-1-block KL of the initialised variant; blockwise distillation
-is not built yet), solves the MIP under the budgets, realises each solution as a
-nemotron-nas model, re-ranks them by their realised held-out KL and writes the best.
+The dry run plans the library and its costs from the config alone. The run trains
+every sub-block variant by blockwise local distillation, scores every variant
+(replace-1-block KL), solves the MIP under the budgets, realises each solution as a
+nemotron-nas model, re-ranks them by their realised held-out KL and writes the best;
+on several devices or nodes BLD and scoring run on every process, the rest on rank 0.
 """
 
 from __future__ import annotations
@@ -154,7 +155,10 @@ class SearchConfig:
             text (BLD's held-out NMSE, scores, KL).
         ridge: Ridge strength of the least-squares fits of linear variants.
         dtype: Compute dtype.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (``cuda:N`` only on one device).
+        devices: Processes per node, one per GPU (or CPU processes): BLD trains
+            data-parallel (DDP), the scoring stages split the held-out batches.
+        num_nodes: Nodes (torchrun or SLURM start the processes of each).
         output: Output folder.
         trust_remote_code: Allow a Hub model's own code to run.
     """
@@ -177,11 +181,13 @@ class SearchConfig:
     ridge: float = 1e-2
     dtype: Dtype = "auto"
     device: Device = "auto"
+    devices: int = 1
+    num_nodes: int = 1
     output: str | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("batch", "seq_len", "solutions"):
+        for key in ("batch", "seq_len", "solutions", "devices", "num_nodes"):
             if getattr(self, key) < 1:
                 raise MinitronError(f"{key} must be at least 1 (got {getattr(self, key)})")
         for key in ("tokens", "checkpoint_every", "groups"):
@@ -195,6 +201,20 @@ class SearchConfig:
             raise MinitronError(
                 f"constraints.{timed[0]} needs runtime costs: set runtime.method: analytic"
             )
+        if self.devices * self.num_nodes > 1 and self.device.startswith("cuda:"):
+            raise MinitronError(
+                f"device {self.device} names one GPU: use device: cuda with devices: {self.devices}"
+            )
+
+    @property
+    def accelerator(self) -> str:
+        """Lightning's accelerator for ``device``."""
+        import torch
+
+        cuda = self.device.startswith("cuda") or (
+            self.device == "auto" and torch.cuda.is_available()
+        )
+        return "gpu" if cuda else "cpu"
 
 
 def plan_library(config: SearchConfig) -> tuple[Any, Any]:
@@ -356,7 +376,7 @@ def run_search(
     overwrite: bool = False,
     resume: bool = False,
     solution: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """BLD, scores, the MIP, realised and re-ranked solutions; write the best.
 
     Stages run in order, each one's result kept in ``<output>.work`` so ``resume``
@@ -367,6 +387,10 @@ def run_search(
     the best) and ``model/`` (the best, a nemotron-nas checkpoint) into a temporary
     folder renamed when done. ``solution=K`` writes the MIP's ``K``-th solution (0 =
     the best summed score) instead of the best realised one.
+
+    With ``devices`` or ``num_nodes`` above 1 the processes start here; BLD and the
+    scoring stages run on all of them, the rest on rank 0, which alone returns the
+    record (the others return ``None``).
     """
     import shutil
     from pathlib import Path
@@ -374,6 +398,7 @@ def run_search(
     from minitron.config import config_to_dict
     from minitron.io import check_output_dir
     from minitron.search import stages
+    from minitron.search.ranks import launch
 
     output = check_output_dir(output, overwrite, protect=[config.parent])
     if solution is not None and not 0 <= solution < config.solutions:
@@ -385,18 +410,31 @@ def run_search(
     library_json = library_record(config, (base, library))  # budgets checked before weights
     recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
     run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
-    work = stages.open_work(Path(output), run, resume, overwrite)
+    ranks = launch(config.accelerator, config.devices, config.num_nodes)
+    work, refused = None, None
+    if ranks.zero:
+        try:
+            work = stages.open_work(Path(output), run, resume, overwrite)
+        except MinitronError as err:
+            refused = str(err)
+    work, refused = ranks.share((work, refused))
+    if refused:
+        if ranks.zero:
+            raise MinitronError(refused)
+        raise SystemExit(2)  # rank 0 says why
     try:
         return _run_stages(config, output, overwrite, resume, work, library_json, base, library,
-                           solution)  # fmt: skip
+                           solution, ranks)  # fmt: skip
     except MinitronError:
-        if not resume and not [p for p in work.iterdir() if p.name != "run.json"]:
+        if ranks.zero and not resume and not [p for p in work.iterdir() if p.name != "run.json"]:
             shutil.rmtree(work, ignore_errors=True)  # a bad request leaves nothing behind
         raise
 
 
-def _run_stages(config, output, overwrite, resume, work, library_json, base, library, solution):
-    """The stages after the checks: weights, BLD, scores, MIP, realising, writing."""
+def _run_stages(config, output, overwrite, resume, work, library_json, base, library, solution,
+                ranks):  # fmt: skip
+    """The stages after the checks: weights, BLD, scores (all ranks), then on rank 0 the
+    MIP, realising and writing."""
     import math
     import shutil
     import time
@@ -416,11 +454,12 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     from minitron.search.realise import depth_baseline, realise
     from minitron.search.variants import gather_statistics
 
-    model, tokenizer = load_model(
-        config.parent, config.dtype, config.device, config.trust_remote_code
-    )
+    device = config.device
+    if ranks.world > 1:
+        device = f"cuda:{ranks.local_rank}" if config.accelerator == "gpu" else "cpu"
+    model, tokenizer = load_model(config.parent, config.dtype, device, config.trust_remote_code)
     parent = model if isinstance(model.config, DeciLMConfig) else llama_to_nas(model).eval()
-    if config.runtime.method == "measured":
+    if config.runtime.method == "measured" and ranks.zero:
         measure_library(config, library_json, base, library, next(parent.parameters()).device)
     data = load_text_data(config.data, tokenizer)
     calibration = batches(data.calibration, config.data.batch_size)
@@ -433,33 +472,48 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     if config.bld.enabled:
         start = time.perf_counter()
         trained = TrainedBlocks.load(work / "bld")
-        steps = math.ceil(config.bld.tokens / max(calibration[0].numel(), 1))
+        steps = math.ceil(config.bld.tokens / max(calibration[0].numel() * ranks.world, 1))
         if trained is None:
             options = BLDOptions(
                 steps=steps, lr=config.bld.lr, min_lr_ratio=config.bld.min_lr_ratio,
                 warmup=config.bld.warmup, weight_decay=config.bld.weight_decay,
                 grad_clip=config.bld.grad_clip, seed=config.bld.seed,
             )  # fmt: skip
+            trainer_options = {"checkpoint_every": config.bld.checkpoint_every}
+            if ranks.world > 1:
+                trainer_options |= {
+                    "strategy": "ddp", "accelerator": config.accelerator,
+                    "devices": config.devices, "num_nodes": config.num_nodes,
+                }  # fmt: skip
             trained = train_blocks(
                 parent, library, passes, calibration, heldout, options, work / "bld",
-                resume=resume,
-                trainer_options={"checkpoint_every": config.bld.checkpoint_every},
-                groups=config.bld.groups,
+                resume=resume, trainer_options=trainer_options, groups=config.bld.groups,
+                ranks=ranks,
             )  # fmt: skip
-            trained.save(work / "bld")
-            for folder in [work / "bld", *(work / "bld").glob("group-*")]:
-                shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # superseded
+            if ranks.zero:
+                trained.save(work / "bld")
+                for folder in [work / "bld", *(work / "bld").glob("group-*")]:
+                    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # superseded
+            ranks.barrier()
         timings["bld_s"] = time.perf_counter() - start
         bld_record = {
             "steps": steps,
-            "tokens_per_variant": steps * calibration[0].numel(),
+            "processes": ranks.world,
+            "tokens_per_variant": steps * calibration[0].numel() * ranks.world,
+            "kept_initial": sum(r.get("kept") == "initial" for r in trained.record),
             "variants": len(trained.record),
             "mean_nmse_init": _mean(r["nmse_init"] for r in trained.record),
             "mean_nmse_trained": _mean(r["nmse_trained"] for r in trained.record),
         }
     start = time.perf_counter()
-    scores = _scores(work / "scores.json", parent, library, heldout, passes, trained)
+    scores = _scores(work / "scores.json", parent, library, heldout, passes, ranks, trained)
     timings["scores_s"] = time.perf_counter() - start
+    untrained = None
+    if config.compare and trained is not None:
+        untrained = _scores(work / "scores-untrained.json", parent, library, heldout, passes,
+                            ranks)  # fmt: skip
+    if not ranks.zero:
+        return None  # rank 0 solves, realises and writes
     _fill_library(library_json, scores, trained)
     start = time.perf_counter()
     costs, offsets, limits = budgets(config, library_json)
@@ -504,8 +558,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     }
     if config.compare:
         baselines = {}
-        if trained is not None:
-            untrained = _scores(work / "scores-untrained.json", parent, library, heldout, passes)
+        if untrained is not None:
             found_u, _ = solve(untrained.kl, *mip)
             best_u = realise(parent, library, found_u, passes, None, heldout).solutions[0]
             baselines["search_without_bld"] = {
@@ -546,17 +599,20 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _scores(path, parent, library, heldout, passes, trained=None):
-    """A finished scoring stage from disk, or the scores computed and saved."""
+def _scores(path, parent, library, heldout, passes, ranks, trained=None):
+    """A finished scoring stage from disk, or the scores computed (by every rank, each on
+    its share of the held-out batches) and saved (by rank 0)."""
     from minitron.search import stages
     from minitron.search.scores import replace_one_block_scores
 
     found = stages.load_scores(path)
     if found is None:
         found = replace_one_block_scores(
-            parent, library, None, heldout, passes=passes, trained=trained
+            parent, library, None, heldout, passes=passes, trained=trained, ranks=ranks
         )
-        stages.save_scores(path, found)
+        if ranks.zero:
+            stages.save_scores(path, found)
+    ranks.barrier()
     return found
 
 
@@ -565,7 +621,8 @@ def _fill_library(library_json: dict[str, Any], scores, trained) -> None:
     nmse = {}
     for entry in trained.record if trained is not None else []:
         nmse[entry["layer"], entry["sub_block"], json.dumps(entry["config"], sort_keys=True)] = {
-            "nmse_init": entry["nmse_init"], "nmse_trained": entry["nmse_trained"]
+            "nmse_init": entry["nmse_init"], "nmse_trained": entry["nmse_trained"],
+            "kept": entry.get("kept", "trained"),
         }  # fmt: skip
     for layer, entry in enumerate(library_json["layers"]):
         for v, variant in enumerate(entry["variants"]):

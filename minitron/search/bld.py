@@ -32,6 +32,7 @@ from torch import nn
 from minitron.layers import decoder_layers, trace
 from minitron.modeling import BlockConfig
 from minitron.search.library import Library
+from minitron.search.ranks import Ranks
 from minitron.search.variants import swapped_layer
 
 #: The modules of each half of a DeciLMDecoderLayer.
@@ -183,19 +184,24 @@ def nmse_terms(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def heldout_nmse(model: nn.Module, variants: Sequence[SubVariant], students, heldout) -> list:
-    """Each variant's normalised MSE over all held-out batches (summed errors / summed norms)."""
+def heldout_nmse(model: nn.Module, variants: Sequence[SubVariant], students, heldout,
+                 ranks: Ranks | None = None) -> list:  # fmt: skip
+    """Each variant's normalised MSE over all held-out batches (summed errors / summed norms);
+    with ``ranks``, each process reads its share of the batches."""
+    ranks = ranks or Ranks()
     device = next(model.parameters()).device
     needed = {v.layer for v in variants if v.half == "ffn"}
     errors = [0.0] * len(variants)
     norms = [0.0] * len(variants)
-    for ids in heldout:
+    for ids in ranks.shard(heldout):
         traced, mid = _teacher(model, ids.to(device), needed)
         for i, (variant, student) in enumerate(zip(variants, students, strict=True)):
             out = _outputs(student, variant, traced, mid)
             err, norm = nmse_terms(out, traced.hidden[variant.layer + 1])
             errors[i] += err.item()
             norms[i] += norm.item()
+    summed = ranks.sum([*errors, *norms], device)
+    errors, norms = summed[: len(variants)], summed[len(variants) :]
     return [e / n for e, n in zip(errors, norms, strict=True)]
 
 
@@ -320,6 +326,7 @@ def train_blocks(
     resume: bool = False,
     trainer_options: dict[str, Any] | None = None,
     groups: int = 1,
+    ranks: Ranks | None = None,
 ) -> TrainedBlocks:
     """Train every sub-block variant of ``library`` by BLD; record held-out NMSE before/after.
 
@@ -328,8 +335,15 @@ def train_blocks(
     held at once is ``1 / groups`` of the whole. Each group's checkpoints go to
     ``work/group-<g>/checkpoints`` and its result to ``work/group-<g>``; ``resume``
     skips finished groups and continues the interrupted one. ``model`` (the parent) is
-    not changed.
+    not changed. With ``ranks`` (and a ``ddp`` strategy in ``trainer_options``) every
+    process trains all variants on its own batches, gradients averaged, and reads its
+    share of the held-out batches; only rank 0 writes.
+
+    A variant whose held-out NMSE after training is above its initialisation's keeps
+    its initial weights (``kept: initial`` in its record): BLD never makes a sub-block
+    worse on held-out tokens than where it started.
     """
+    ranks = ranks or Ranks()
     variants = trainable_variants(library)
     count = max(1, min(groups, len(library.layers)))
     bounds = [round(i * len(library.layers) / count) for i in range(count + 1)]
@@ -344,8 +358,8 @@ def train_blocks(
         if done is None:
             again = resume and (folder / "checkpoints" / "latest").is_file()
             done = _train_group(model, part, passes, batches, heldout, options, folder, again,
-                                trainer_options)  # fmt: skip
-            if count > 1:
+                                trainer_options, ranks)  # fmt: skip
+            if count > 1 and ranks.zero:
                 done.save(folder)
         weights.update(done.weights)
         record.extend(done.record)
@@ -353,14 +367,15 @@ def train_blocks(
 
 
 def _train_group(model, variants, passes, batches, heldout, options, work, resume,
-                 trainer_options) -> TrainedBlocks:  # fmt: skip
+                 trainer_options, ranks) -> TrainedBlocks:  # fmt: skip
     """One Lightning run training ``variants`` together from one parent pass a step."""
     from minitron.distill.run import StepCheckpoint, StepProgress, fit, quiet_lightning
 
     students = build_students(model, variants, passes)
-    before = heldout_nmse(model, variants, students, heldout)
+    before = heldout_nmse(model, variants, students, heldout, ranks)
     L.seed_everything(options.seed, verbose=False)
     module = BLDModule(model, variants, students, batches, options)
+    initial = module.trained()
     quiet_lightning()
     dtype = next(model.parameters()).dtype
     precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
@@ -391,10 +406,12 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     weights = module.trained()  # the fp32 masters
     for halves in module.students.values():
         halves.to(dtype)  # measured as they are served and scored: in the parent's dtype
-    after = heldout_nmse(model, variants, module.layers, heldout)
-    record = [
-        {"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(), "key": v.key,
-         "nmse_init": b, "nmse_trained": a}
-        for v, b, a in zip(variants, before, after, strict=True)
-    ]  # fmt: skip
+    after = heldout_nmse(model, variants, module.layers, heldout, ranks)
+    record = []
+    for v, b, a in zip(variants, before, after, strict=True):
+        kept = "trained" if a < b else "initial"
+        if kept == "initial":
+            weights[v.key] = initial[v.key]
+        record.append({"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(),
+                       "key": v.key, "nmse_init": b, "nmse_trained": a, "kept": kept})  # fmt: skip
     return TrainedBlocks(weights, record)

@@ -29,6 +29,7 @@ from minitron.nas.calibrate import RIDGE
 from minitron.nas.collect import Calibration
 from minitron.progress import progress
 from minitron.search.library import Library
+from minitron.search.ranks import Ranks
 from minitron.search.variants import TrainedWeights, gather_statistics, swapped_layer
 
 
@@ -73,13 +74,17 @@ def replace_one_block_scores(
     ridge: float = RIDGE,
     trained: TrainedWeights | None = None,
     passes: dict[str, Calibration] | None = None,
+    ranks: Ranks | None = None,
 ) -> Scores:
     """Score every variant of every layer of a nemotron-nas ``model`` (the parent).
 
     The model is changed while a variant is in place and restored after each; on
     return it is the parent again. With ``trained`` (from BLD) each variant's
     sub-blocks are the trained ones; ``passes`` reuses statistics already gathered.
+    With ``ranks`` each process scores its share of the held-out batches and every
+    process returns the scores of all of them.
     """
+    ranks = ranks or Ranks()
     passes = passes or gather_statistics(model, library, calibration, ridge)
     layers = decoder_layers(model)
     count = len(layers)
@@ -87,9 +92,10 @@ def replace_one_block_scores(
     kl, loss, agree = (copy.deepcopy(shape) for _ in range(3))
     parent_loss, tokens = 0.0, 0
     device = next(model.parameters()).device
-    steps = len(heldout) * sum(len(v) for v in library.layers)
+    mine = ranks.shard(heldout)
+    steps = len(mine) * sum(len(v) for v in library.layers)
     with progress("replace-1-block scores", steps) as advance:
-        for ids in heldout:
+        for ids in mine:
             ids = ids.to(device)
             traced = trace(model, ids)
             normed = decoder(model).norm(traced.hidden[count])
@@ -119,6 +125,10 @@ def replace_one_block_scores(
                     loss[layer][v] += sums[1]
                     agree[layer][v] += sums[2]
                     advance(1)
+    width = sum(len(row) for row in shape)
+    flat = ranks.sum([*_flat(kl), *_flat(loss), *_flat(agree), parent_loss, tokens], device)
+    kl, loss, agree = (_rows(flat[i * width : (i + 1) * width], shape) for i in range(3))
+    parent_loss, tokens = flat[-2], int(flat[-1])
     parent = parent_loss / tokens
     return Scores(
         kl=[[k / tokens for k in row] for row in kl],
@@ -128,3 +138,15 @@ def replace_one_block_scores(
         tokens=tokens,
         calibration={name: cal.record for name, cal in passes.items()},
     )
+
+
+def _flat(rows: list[list[float]]) -> list[float]:
+    return [x for row in rows for x in row]
+
+
+def _rows(flat: list[float], shape: list[list[float]]) -> list[list[float]]:
+    out, start = [], 0
+    for row in shape:
+        out.append(flat[start : start + len(row)])
+        start += len(row)
+    return out
