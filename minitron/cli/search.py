@@ -114,9 +114,13 @@ def _print_solutions(result: dict) -> None:
               f"perplexity {result['parent_perplexity']:.2f}")  # fmt: skip
     if result.get("bld"):
         bld = result["bld"]
-        out.print(f"blockwise distillation: {bld['variants']} sub-blocks, "
-                  f"{bld['tokens_per_variant']:,} tokens each; mean held-out NMSE "
-                  f"{bld['mean_nmse_init']:.4f} -> {bld['mean_nmse_trained']:.4f}")  # fmt: skip
+        kept = bld.get("kept_initial") or 0
+        note = f" ({kept} ended worse and kept their start)" if kept else ""
+        out.print(
+            f"blockwise distillation: {bld['variants']} sub-blocks, "
+            f"{bld['tokens_per_variant']:,} tokens each; mean held-out NMSE "
+            f"{bld['mean_nmse_init']:.4f} -> {bld['mean_nmse_trained']:.4f}{note}"
+        )
     if result.get("baselines"):
         best = result["solutions"][0]
         table = Table(title="the search against baselines at the same budget (held-out text)")
