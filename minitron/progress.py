@@ -23,6 +23,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+#: Draw bars at all (off in the other processes of a multi-device run).
+BARS = True
 _live: list[Progress] = []  # the one shared display while any task is open
 
 
@@ -41,7 +43,7 @@ def _task(description: str, total: int | None) -> Iterator[Callable[[int], None]
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,
-                disable=not console.is_terminal,  # no spinner debris in logs and pipes
+                disable=not (BARS and console.is_terminal),  # no debris in logs and pipes
             )
         )
         _live[0].start()

@@ -642,3 +642,28 @@ def test_search_on_two_processes_scores_what_one_process_scores(tmp_path):
     for entry in trained.record:  # trained on both ranks' batches, better than the start
         if "attention_linear" not in entry["key"]:
             assert entry["nmse_trained"] < entry["nmse_init"], entry["key"]
+    # rank 0 refuses an earlier run's stages: one line, exit 2, and rank 1 does not hang
+    (tmp_path / "other.work").mkdir()
+    (tmp_path / "other.work/run.json").write_text("{}")
+    refused = subprocess.run(
+        [sys.executable, "-m", "minitron", "search", str(recipe), "--output",
+         str(tmp_path / "other"), "--set", "devices=2"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "holds an earlier run" in lines[0], refused.stderr[-2000:]
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_search_with_bld_on_cuda(tmp_path):
+    """BLD, scores and realising on a GPU (Lightning moves its module to the CPU when
+    fit ends; the trained sub-blocks must come back to the parent's device)."""
+    from minitron.commands.search import run_search
+
+    config = _tiny_search(tmp_path, device="cuda", dtype="bfloat16", compare=True)
+    record = run_search(config, tmp_path / "out")
+    assert record["bld"]["steps"] > 0 and record["scores"]["trained"]
+    assert all(math.isfinite(s["realised_kl"]) for s in record["solutions"])

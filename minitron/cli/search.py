@@ -116,10 +116,11 @@ def _print_solutions(result: dict) -> None:
         bld = result["bld"]
         kept = bld.get("kept_initial") or 0
         note = f" ({kept} ended worse and kept their start)" if kept else ""
+        after = bld.get("mean_nmse_kept", bld["mean_nmse_trained"])
         out.print(
             f"blockwise distillation: {bld['variants']} sub-blocks, "
             f"{bld['tokens_per_variant']:,} tokens each; mean held-out NMSE "
-            f"{bld['mean_nmse_init']:.4f} -> {bld['mean_nmse_trained']:.4f}{note}"
+            f"{bld['mean_nmse_init']:.4f} -> {after:.4f}{note}"
         )
     if result.get("baselines"):
         best = result["solutions"][0]

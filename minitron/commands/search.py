@@ -411,17 +411,7 @@ def run_search(
     recipe = {k: v for k, v in config_to_dict(config).items() if k != "output"}
     run = {"recipe": recipe, "parent_blocks": [b.to_dict() for b in base.block_configs]}
     ranks = launch(config.accelerator, config.devices, config.num_nodes)
-    work, refused = None, None
-    if ranks.zero:
-        try:
-            work = stages.open_work(Path(output), run, resume, overwrite)
-        except MinitronError as err:
-            refused = str(err)
-    work, refused = ranks.share((work, refused))
-    if refused:
-        if ranks.zero:
-            raise MinitronError(refused)
-        raise SystemExit(2)  # rank 0 says why
+    work = ranks.on_zero(stages.open_work, Path(output), run, resume, overwrite)
     try:
         return _run_stages(config, output, overwrite, resume, work, library_json, base, library,
                            solution, ranks)  # fmt: skip
@@ -436,7 +426,6 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     """The stages after the checks: weights, BLD, scores (all ranks), then on rank 0 the
     MIP, realising and writing."""
     import math
-    import shutil
     import time
     from pathlib import Path
 
@@ -459,13 +448,19 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
         device = f"cuda:{ranks.local_rank}" if config.accelerator == "gpu" else "cpu"
     model, tokenizer = load_model(config.parent, config.dtype, device, config.trust_remote_code)
     parent = model if isinstance(model.config, DeciLMConfig) else llama_to_nas(model).eval()
-    if config.runtime.method == "measured" and ranks.zero:
-        measure_library(config, library_json, base, library, next(parent.parameters()).device)
+    if config.runtime.method == "measured":  # rank 0's device; the others wait a little
+        ranks.on_zero(measure_library, config, library_json, base, library,
+                      next(parent.parameters()).device)  # fmt: skip
     data = load_text_data(config.data, tokenizer)
     calibration = batches(data.calibration, config.data.batch_size)
     heldout = batches(data.heldout, config.data.batch_size)
     if not heldout:
         raise MinitronError("search needs held-out text to score variants (data.heldout)")
+    if config.bld.enabled and len(calibration) < ranks.world:
+        raise MinitronError(
+            f"BLD on {ranks.world} processes needs at least {ranks.world} calibration batches "
+            f"(data.samples / data.batch_size gives {len(calibration)})"
+        )
     passes = gather_statistics(parent, library, calibration, config.ridge)
     timings: dict[str, float] = {}
     trained, bld_record = None, None
@@ -476,13 +471,17 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
         if trained is None:
             options = BLDOptions(
                 steps=steps, lr=config.bld.lr, min_lr_ratio=config.bld.min_lr_ratio,
-                warmup=config.bld.warmup, weight_decay=config.bld.weight_decay,
+                warmup=math.ceil(config.bld.warmup / ranks.world),
+                weight_decay=config.bld.weight_decay,
                 grad_clip=config.bld.grad_clip, seed=config.bld.seed,
             )  # fmt: skip
             trainer_options = {"checkpoint_every": config.bld.checkpoint_every}
             if ranks.world > 1:
-                trainer_options |= {
-                    "strategy": "ddp", "accelerator": config.accelerator,
+                from lightning.pytorch.strategies import DDPStrategy
+
+                trainer_options |= {  # gradients live in DDP's buckets: no second copy
+                    "strategy": DDPStrategy(gradient_as_bucket_view=True),
+                    "accelerator": config.accelerator,
                     "devices": config.devices, "num_nodes": config.num_nodes,
                 }  # fmt: skip
             trained = train_blocks(
@@ -490,11 +489,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
                 resume=resume, trainer_options=trainer_options, groups=config.bld.groups,
                 ranks=ranks,
             )  # fmt: skip
-            if ranks.zero:
-                trained.save(work / "bld")
-                for folder in [work / "bld", *(work / "bld").glob("group-*")]:
-                    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # superseded
-            ranks.barrier()
+            ranks.on_zero(_save_bld, trained, work / "bld")
         timings["bld_s"] = time.perf_counter() - start
         bld_record = {
             "steps": steps,
@@ -504,6 +499,7 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
             "variants": len(trained.record),
             "mean_nmse_init": _mean(r["nmse_init"] for r in trained.record),
             "mean_nmse_trained": _mean(r["nmse_trained"] for r in trained.record),
+            "mean_nmse_kept": _mean(min(r["nmse_init"], r["nmse_trained"]) for r in trained.record),
         }
     start = time.perf_counter()
     scores = _scores(work / "scores.json", parent, library, heldout, passes, ranks, trained)
@@ -594,6 +590,15 @@ def _run_stages(config, output, overwrite, resume, work, library_json, base, lib
     return record | {"output": str(output)}
 
 
+def _save_bld(trained, folder) -> None:
+    """BLD's result, and its superseded checkpoints removed."""
+    import shutil
+
+    trained.save(folder)
+    for group in [folder, *folder.glob("group-*")]:
+        shutil.rmtree(group / "checkpoints", ignore_errors=True)
+
+
 def _mean(values) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
@@ -610,9 +615,7 @@ def _scores(path, parent, library, heldout, passes, ranks, trained=None):
         found = replace_one_block_scores(
             parent, library, None, heldout, passes=passes, trained=trained, ranks=ranks
         )
-        if ranks.zero:
-            stages.save_scores(path, found)
-    ranks.barrier()
+        ranks.on_zero(stages.save_scores, path, found)
     return found
 
 

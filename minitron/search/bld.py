@@ -359,8 +359,8 @@ def train_blocks(
             again = resume and (folder / "checkpoints" / "latest").is_file()
             done = _train_group(model, part, passes, batches, heldout, options, folder, again,
                                 trainer_options, ranks)  # fmt: skip
-            if count > 1 and ranks.zero:
-                done.save(folder)
+            if count > 1:
+                ranks.on_zero(done.save, folder)
         weights.update(done.weights)
         record.extend(done.record)
     return TrainedBlocks(weights, record)
@@ -375,9 +375,9 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     before = heldout_nmse(model, variants, students, heldout, ranks)
     L.seed_everything(options.seed, verbose=False)
     module = BLDModule(model, variants, students, batches, options)
-    initial = module.trained()
-    quiet_lightning()
     dtype = next(model.parameters()).dtype
+    initial = _cast(module.trained(), dtype)  # exact: the start was built in this dtype
+    quiet_lightning()
     precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
     extra = dict(trainer_options or {})
     device = next(model.parameters()).device
@@ -403,15 +403,23 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
         **extra,
     )
     fit(trainer, module, work, resume)
-    weights = module.trained()  # the fp32 masters
+    # rank 0 keeps (and saves) the fp32 masters; the others score in the parent's dtype
+    kept_dtype = torch.float32 if ranks.zero else dtype
+    weights = _cast(module.trained(), kept_dtype)
     for halves in module.students.values():
-        halves.to(dtype)  # measured as they are served and scored: in the parent's dtype
+        # Lightning's teardown left the module on the CPU; measure the sub-blocks where the
+        # parent is, as they are served and scored: in the parent's dtype
+        halves.to(device=device, dtype=dtype)
     after = heldout_nmse(model, variants, module.layers, heldout, ranks)
     record = []
     for v, b, a in zip(variants, before, after, strict=True):
         kept = "trained" if a < b else "initial"
         if kept == "initial":
-            weights[v.key] = initial[v.key]
+            weights[v.key] = _cast({v.key: initial[v.key]}, kept_dtype)[v.key]
         record.append({"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(),
                        "key": v.key, "nmse_init": b, "nmse_trained": a, "kept": kept})  # fmt: skip
     return TrainedBlocks(weights, record)
+
+
+def _cast(weights: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype):
+    return {key: {n: v.to(dtype) for n, v in state.items()} for key, state in weights.items()}

@@ -10,7 +10,7 @@ and add up their sums. Rank 0 alone writes the work folder and runs the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,27 @@ class Ranks:
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
+    def on_zero(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` on rank 0 only; every rank gets its result.
+
+        If it fails, rank 0 raises the error and the other ranks stop quietly (exit
+        code 0, so Lightning's launcher does not kill rank 0 before it reports).
+        """
+        if self.world == 1:
+            return work(*args)
+        result, failure = None, None
+        if self.zero:
+            try:
+                result = work(*args)
+            except BaseException as err:  # noqa: BLE001  (re-raised below, after sharing)
+                failure = err
+        result, failed = self.share((result, failure is not None))
+        if failure is not None:
+            raise failure
+        if failed:
+            raise SystemExit(0)  # rank 0 says why
+        return result
+
     def barrier(self) -> None:
         """Wait until every rank is here."""
         if self.world > 1:
@@ -59,14 +80,14 @@ class Ranks:
 def launch(accelerator: str, devices: int, num_nodes: int) -> Ranks:
     """Start (or join) the run's processes; on one device, just this one.
 
-    Other ranks' consoles are silenced so bars and messages appear once.
+    Other ranks draw no progress bars (rank 0's show the run); their errors still print.
     """
     if devices == 1 and num_nodes == 1:
         return Ranks()
     from lightning.fabric import Fabric
 
+    from minitron import progress
     from minitron.distill.run import quiet_lightning
-    from minitron.progress import console
 
     quiet_lightning()
     fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
@@ -74,5 +95,5 @@ def launch(accelerator: str, devices: int, num_nodes: int) -> Ranks:
     fabric.launch()
     ranks = Ranks(fabric.global_rank, fabric.world_size, fabric.local_rank)
     if not ranks.zero:
-        console.quiet = True
+        progress.BARS = False
     return ranks
