@@ -611,11 +611,15 @@ def test_search_on_two_processes_scores_what_one_process_scores(tmp_path):
     recipe = tmp_path / "search.yaml"
     recipe.write_text(yaml.safe_dump(config_to_dict(config)))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [sys.executable, "-m", "minitron", "search", str(recipe), "--output",
-         str(tmp_path / "two"), "--set", "devices=2"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+
+    def on_two_processes(output):
+        return subprocess.run(
+            [sys.executable, "-m", "minitron", "search", str(recipe), "--output",
+             str(tmp_path / output), "--set", "devices=2"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = on_two_processes("two")
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "two/search.json").read_text())
     tokens = config.bld.tokens
@@ -645,11 +649,7 @@ def test_search_on_two_processes_scores_what_one_process_scores(tmp_path):
     # rank 0 refuses an earlier run's stages: one line, exit 2, and rank 1 does not hang
     (tmp_path / "other.work").mkdir()
     (tmp_path / "other.work/run.json").write_text("{}")
-    refused = subprocess.run(
-        [sys.executable, "-m", "minitron", "search", str(recipe), "--output",
-         str(tmp_path / "other"), "--set", "devices=2"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    refused = on_two_processes("other")
     assert refused.returncode == 2, refused.stderr[-2000:]
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "holds an earlier run" in lines[0], refused.stderr[-2000:]
