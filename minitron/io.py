@@ -266,7 +266,29 @@ def load_model(
                 )
     except (OSError, ValueError) as err:
         raise _load_error(spec, err) from None
-    return model.to(device=device, dtype=torch_dtype).eval(), tokenizer
+    return to_device_and_dtype(model, device, torch_dtype).eval(), tokenizer
+
+
+#: Buffers transformers keeps in float32 whatever the model's dtype.
+FP32_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
+def to_device_and_dtype(model: Any, device: Any, dtype: Any) -> Any:
+    """``model`` on ``device`` with its weights in ``dtype``, its rotary frequencies left
+    in float32 as ``from_pretrained`` leaves them: rounded to bf16 (relative error up
+    to 2^-9) the fastest rotation's angle at position 4096 would be off by up to 8
+    radians."""
+    kept = {
+        name: value for name, value in model.named_buffers()
+        if name.rpartition(".")[2] in FP32_BUFFERS and value.dtype == torch.float32
+    }  # fmt: skip
+    model.to(device=device, dtype=dtype)
+    for name, value in kept.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        persistent = leaf not in module._non_persistent_buffers_set
+        module.register_buffer(leaf, value.to(device), persistent=persistent)
+    return model
 
 
 def _load_error(spec: str, err: Exception) -> MinitronError:

@@ -53,6 +53,22 @@ def test_load_local_checkpoint(tiny_checkpoint):
     assert model.config.num_hidden_layers == 6 and tokenizer.eos_token_id == 1
 
 
+def test_bf16_load_keeps_rotary_frequencies_in_fp32_like_transformers(tiny_checkpoint):
+    """load_model in bf16 computes what transformers' own bf16 load computes: the cast
+    to the model's dtype leaves the rotary frequencies in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model, _ = load_model(str(tiny_checkpoint), "bfloat16", "cpu")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    buffers = dict(model.named_buffers())
+    assert buffers["model.rotary_emb.inv_freq"].dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.bfloat16
+    ids = torch.arange(3, 200).remainder(model.config.vocab_size)[None]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference.eval()(ids).logits)
+
+
 def test_cache_root_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MINITRON_CACHE", str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
