@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -75,6 +76,14 @@ def _set_sub_block(
 def like(module: nn.Module, reference: torch.Tensor) -> nn.Module:
     """``module`` moved to the device and dtype of ``reference``."""
     return module.to(device=reference.device, dtype=reference.dtype)
+
+
+def build_like(build: Callable[[], nn.Module], reference: torch.Tensor) -> nn.Module:
+    """``build()`` made directly on ``reference``'s device and cast to its dtype: a new
+    sub-block of a GPU model is allocated and initialised there, not on the CPU and
+    copied over (the search builds one per variant, layer and held-out batch)."""
+    with torch.device(reference.device):
+        return build().to(dtype=reference.dtype)
 
 
 def attention_no_op(model: nn.Module, layer: int) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from minitron.errors import MinitronError
 from minitron.modeling import ffn_mult_to_intermediate_size
 from minitron.modeling.modeling import DeciLMMLP
-from minitron.nas.blocks import like, nas_layer, set_ffn
+from minitron.nas.blocks import build_like, nas_layer, set_ffn
 from minitron.nas.calibrate import ChannelStats, hooks, input_hook, run_batches
 
 
@@ -49,7 +49,7 @@ def resize_ffn(model: nn.Module, layer: int, ffn_mult: float, importance: torch.
     old_width = mlp.intermediate_size
     if importance.shape != (old_width,):
         raise MinitronError(f"layer {layer}: {importance.numel()} scores for {old_width} channels")
-    new = like(DeciLMMLP(config, width), mlp.gate_proj.weight)
+    new = build_like(lambda: DeciLMMLP(config, width), mlp.gate_proj.weight)
     keep = torch.topk(importance, min(width, old_width)).indices.sort().values
     keep = keep.to(mlp.gate_proj.weight.device)
     with torch.no_grad():

@@ -7,7 +7,7 @@ from torch import nn
 
 from minitron.errors import MinitronError
 from minitron.modeling.modeling import DeciLMAttention
-from minitron.nas.blocks import nas_layer, set_attention
+from minitron.nas.blocks import build_like, nas_layer, set_attention
 
 
 def mean_kv_heads(weight: torch.Tensor, num_heads: int, old_group: int, new_group: int):
@@ -72,9 +72,8 @@ def reduce_kv_heads(model: nn.Module, layer: int, n_heads_in_group: int) -> None
         )
     old = target.self_attn
     old_group = config.block_configs[layer].attention.n_heads_in_group
-    new = DeciLMAttention(config, layer, heads // n_heads_in_group).to(
-        device=old.q_proj.weight.device, dtype=old.q_proj.weight.dtype
-    )
+    new = build_like(lambda: DeciLMAttention(config, layer, heads // n_heads_in_group),
+                     old.q_proj.weight)  # fmt: skip
     new.q_proj, new.o_proj = old.q_proj, old.o_proj
     with torch.no_grad():
         for name in ("k_proj", "v_proj"):

@@ -14,7 +14,7 @@ from torch import nn
 
 from minitron.errors import MinitronError
 from minitron.modeling.modeling import DeciLMLinearAttention, DeciLMLinearMLP
-from minitron.nas.blocks import like, nas_layer, set_attention, set_ffn
+from minitron.nas.blocks import build_like, like, nas_layer, set_attention, set_ffn
 from minitron.nas.calibrate import RIDGE, LinearFit, hooks, io_hook, run_batches
 
 
@@ -50,7 +50,7 @@ def set_linear_attention(model: nn.Module, layer: int, weight: torch.Tensor) -> 
     The layer's ``input_layernorm`` is kept (a no_op attention gets a fresh one).
     """
     norm = _norm(model, layer, "input_layernorm")
-    module = like(DeciLMLinearAttention(model.config), norm.weight)
+    module = build_like(lambda: DeciLMLinearAttention(model.config), norm.weight)
     with torch.no_grad():
         module.linear_attn.weight.copy_(weight)
     changes = dict(replace_with_linear=True, no_op=False, n_heads_in_group=None)
@@ -60,7 +60,7 @@ def set_linear_attention(model: nn.Module, layer: int, weight: torch.Tensor) -> 
 def set_linear_ffn(model: nn.Module, layer: int, weight: torch.Tensor) -> None:
     """Make ``layer``'s FFN ``x + W · norm(x)`` with ``weight`` [H, H]. In place."""
     norm = _norm(model, layer, "post_attention_layernorm")
-    module = like(DeciLMLinearMLP(model.config), norm.weight)
+    module = build_like(lambda: DeciLMLinearMLP(model.config), norm.weight)
     with torch.no_grad():
         module.linear_mlp.weight.copy_(weight)
     set_ffn(model, layer, module, replace_with_linear=True, no_op=False, ffn_mult=None)
