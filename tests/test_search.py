@@ -162,16 +162,18 @@ def test_bad_search_requests(tmp_path, nas_ready):
     assert_user_error(minitron("search", recipe, "--dry-run"), "llama.cpp cannot serve ffn linear")
 
 
-def test_replace_one_block_scores_equal_a_physically_edited_model():
+def test_replace_one_block_scores_equal_a_physically_edited_model(monkeypatch):
     """Each score against a slow reference: the whole parent copied, that one layer edited
-    by apply_block_configs (its own calibration), full forward, KL by the formula."""
+    by apply_block_configs (its own calibration), full forward, KL by the formula. Also
+    with the LM head in chunks of 7 tokens and the parent's log-probabilities recomputed
+    per chunk (what a large vocabulary gets)."""
     import copy
 
     import torch
 
     from minitron.modeling import llama_to_nas
     from minitron.nas import apply_block_configs
-    from minitron.search.scores import replace_one_block_scores
+    from minitron.search import scores as scoring
     from tests.conftest import random_batches
     from tests.nas_helpers import tiny_nas_llama
 
@@ -181,8 +183,11 @@ def test_replace_one_block_scores_equal_a_physically_edited_model():
     )
     calibration, heldout = random_batches(), random_batches(seed=5)
     before = {k: v.clone() for k, v in parent.state_dict().items()}
-    scores = replace_one_block_scores(parent, library, calibration, heldout)
+    scores = scoring.replace_one_block_scores(parent, library, calibration, heldout)
     assert all(torch.equal(before[k], v) for k, v in parent.state_dict().items())
+    monkeypatch.setattr(scoring, "HEAD_CHUNK", 7)
+    monkeypatch.setattr(scoring, "PARENT_CACHE_BYTES", 0)
+    chunked = scoring.replace_one_block_scores(parent, library, calibration, heldout)
     rng = random.Random(1)
     for layer in range(3):
         for v in rng.sample(range(len(library.layers[layer])), 4):
@@ -198,7 +203,10 @@ def test_replace_one_block_scores_equal_a_physically_edited_model():
                     total += (p.exp() * (p - q)).sum().item()
                     count += ids[:, 1:].numel()
             assert scores.kl[layer][v] == pytest.approx(total / count, rel=1e-4, abs=1e-6)
+            assert chunked.kl[layer][v] == pytest.approx(total / count, rel=1e-4, abs=1e-6)
     assert min(min(row) for row in scores.kl) == 0.0  # the parent's own block
+    for got, want in ((chunked.lm_loss, scores.lm_loss), (chunked.agreement, scores.agreement)):
+        assert sum(got, []) == pytest.approx(sum(want, []), rel=1e-6)
 
 
 def test_search_run_on_a_tiny_model_respects_the_budget(tmp_path):

@@ -18,6 +18,7 @@ module (one device or many), checkpointed and resumable like ``minitron distill`
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from collections.abc import Sequence
@@ -288,6 +289,14 @@ class BLDModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(opts))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_end(self) -> None:
+        """Free AdamW's moments and the last gradients once the steps are done (after
+        the last checkpoint), before Lightning moves the module to the CPU: only the
+        trained weights are used after."""
+        for optimizer in self.trainer.optimizers:
+            optimizer.state.clear()
+        self.students.zero_grad(set_to_none=True)
+
     def trained(self) -> dict[str, dict[str, torch.Tensor]]:
         """Each variant's trained parameters, by the layer's own parameter names."""
         return {
@@ -377,6 +386,7 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     module = BLDModule(model, variants, students, batches, options)
     dtype = next(model.parameters()).dtype
     initial = _cast(module.trained(), dtype)  # exact: the start was built in this dtype
+    matmul = torch.get_float32_matmul_precision()  # before / after NMSE both measured in it
     quiet_lightning()
     precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
     extra = dict(trainer_options or {})
@@ -402,7 +412,10 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
         use_distributed_sampler=False,
         **extra,
     )
-    fit(trainer, module, work, resume)
+    try:
+        fit(trainer, module, work, resume)
+    finally:
+        torch.set_float32_matmul_precision(matmul)
     # rank 0 keeps (and saves) the fp32 masters; the others score in the parent's dtype
     kept_dtype = torch.float32 if ranks.zero else dtype
     weights = _cast(module.trained(), kept_dtype)
@@ -418,6 +431,10 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
             weights[v.key] = _cast({v.key: initial[v.key]}, kept_dtype)[v.key]
         record.append({"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(),
                        "key": v.key, "nmse_init": b, "nmse_trained": a, "kept": kept})  # fmt: skip
+    del trainer, module, students  # they refer to each other: collect them now
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return TrainedBlocks(weights, record)
 
 

@@ -54,14 +54,46 @@ class Scores:
     calibration: dict[str, Any] = field(default_factory=dict)
 
 
-def _measures(model: nn.Module, normed: torch.Tensor, log_p: torch.Tensor, ids: torch.Tensor):
+#: Tokens per LM-head chunk: one chunk's ``[tokens, vocab]`` fp32 logits at a time.
+HEAD_CHUNK = 1024
+#: The parent's log-probabilities of a batch are kept for all its variants up to this
+#: size; above it (a 128k vocabulary over 16k tokens is 8 GiB) each chunk is recomputed.
+PARENT_CACHE_BYTES = 2 * 1024**3
+
+
+class _ParentHead:
+    """The parent's next-token log-probabilities of one batch, chunk by chunk."""
+
+    def __init__(self, model: nn.Module, normed: torch.Tensor, ids: torch.Tensor):
+        self.model = model
+        self.hidden = normed[:, :-1].flatten(0, 1)
+        self.targets = ids[:, 1:].flatten()
+        count, vocab = self.hidden.shape[0], model.lm_head.weight.shape[0]
+        self.chunks = [slice(i, min(i + HEAD_CHUNK, count)) for i in range(0, count, HEAD_CHUNK)]
+        self.keep = count * vocab * 4 <= PARENT_CACHE_BYTES
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def log_p(self, k: int) -> torch.Tensor:
+        if k in self.kept:
+            return self.kept[k]
+        found = F.log_softmax(self.model.lm_head(self.hidden[self.chunks[k]]).float(), dim=-1)
+        if self.keep:
+            self.kept[k] = found
+        return found
+
+
+def _measures(model: nn.Module, normed: torch.Tensor, parent: _ParentHead):
     """Summed KL(parent ‖ model), LM loss and top-1 agreement over the predicted tokens."""
-    logits = model.lm_head(normed[:, :-1]).float()
-    log_q = F.log_softmax(logits, dim=-1)
-    kl = F.kl_div(log_q, log_p, log_target=True, reduction="sum").item()
-    targets = ids[:, 1:]
-    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-    agree = (log_q.argmax(-1) == log_p.argmax(-1)).sum().item()
+    hidden = normed[:, :-1].flatten(0, 1)
+    sums = torch.zeros(3, dtype=torch.float64, device=hidden.device)
+    for k, part in enumerate(parent.chunks):
+        logits = model.lm_head(hidden[part]).float()
+        log_q = F.log_softmax(logits, dim=-1)
+        log_p = parent.log_p(k)
+        sums[0] += F.kl_div(log_q, log_p, log_target=True, reduction="sum")
+        sums[1] += F.cross_entropy(logits, parent.targets[part], reduction="sum")
+        sums[2] += (log_q.argmax(-1) == log_p.argmax(-1)).sum()
+    kl, loss, agree = sums.tolist()
     return kl, loss, agree
 
 
@@ -99,8 +131,8 @@ def replace_one_block_scores(
             ids = ids.to(device)
             traced = trace(model, ids)
             normed = decoder(model).norm(traced.hidden[count])
-            log_p = F.log_softmax(model.lm_head(normed[:, :-1]).float(), dim=-1)
-            own = _measures(model, normed, log_p, ids)  # (~0, parent loss, all agree)
+            head = _ParentHead(model, normed, ids)
+            own = _measures(model, normed, head)  # (~0, parent loss, all agree)
             parent_loss += own[1]
             predicted = ids[:, 1:].numel()
             tokens += predicted
@@ -118,7 +150,7 @@ def replace_one_block_scores(
                                 model, traced.hidden[layer], traced.layer_kwargs,
                                 range(layer, count),
                             )  # fmt: skip
-                            sums = _measures(model, decoder(model).norm(hidden), log_p, ids)
+                            sums = _measures(model, decoder(model).norm(hidden), head)
                         finally:
                             layers[layer] = saved
                     kl[layer][v] += sums[0]
