@@ -675,3 +675,30 @@ def test_search_with_bld_on_cuda(tmp_path):
     record = run_search(config, tmp_path / "out")
     assert record["bld"]["steps"] > 0 and record["scores"]["trained"]
     assert all(math.isfinite(s["realised_kl"]) for s in record["solutions"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(__import__("torch").cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_search_on_two_gpus(tmp_path):
+    """`devices: 2` on two GPUs (NCCL): BLD under DDP, the scores split, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from minitron.config import config_to_dict
+
+    data = {"samples": 4, "heldout": 4, "seq_len": 16, "batch_size": 1}
+    config = _tiny_search(tmp_path, device="cuda", dtype="bfloat16", data=data)
+    recipe = tmp_path / "search.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(config)))
+    done = subprocess.run(
+        [sys.executable, "-m", "minitron", "search", str(recipe), "--output",
+         str(tmp_path / "two"), "--set", "devices=2"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "two/search.json").read_text())
+    assert record["bld"]["processes"] == 2 and record["scores"]["tokens"] == 4 * 15
