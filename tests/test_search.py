@@ -160,6 +160,16 @@ def test_bad_search_requests(tmp_path, nas_ready):
     assert any(v["attention"]["no_op"] for v in layers[1]["variants"])
     recipe = write_recipe(tmp_path, f"parent: {tiny_checkpoint}\nserve_with: llamacpp\n")
     assert_user_error(minitron("search", recipe, "--dry-run"), "llama.cpp cannot serve ffn linear")
+    with pytest.raises(MinitronError, match="device cuda:1 names one GPU: use device: cuda"):
+        parse_config(SearchConfig, {"parent": str(tiny_checkpoint), "device": "cuda:1",
+                                    "devices": 2})  # fmt: skip
+    import torch
+
+    from minitron.search.ranks import launch
+
+    if torch.cuda.device_count() < 2:  # Lightning's own refusal, as one line
+        with pytest.raises(MinitronError, match=r"cannot run on devices: 2 x num_nodes: 1 \(gpu\)"):
+            launch("gpu", 2, 1)
 
 
 def test_replace_one_block_scores_equal_a_physically_edited_model(monkeypatch):

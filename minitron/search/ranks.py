@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from minitron.errors import MinitronError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -89,9 +91,15 @@ def launch(accelerator: str, devices: int, num_nodes: int) -> Ranks:
     from minitron import progress
     from minitron.distill.run import quiet_lightning
 
+    try:
+        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy="ddp")  # fmt: skip
+    except (RuntimeError, ValueError) as err:  # Lightning's own checks of the devices
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MinitronError(
+            f"cannot run on devices: {devices} x num_nodes: {num_nodes} ({accelerator}): {reason}"
+        ) from None
     quiet_lightning()
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                    strategy="ddp")  # fmt: skip
     fabric.launch()
     ranks = Ranks(fabric.global_rank, fabric.world_size, fabric.local_rank)
     if not ranks.zero:
