@@ -385,7 +385,8 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     L.seed_everything(options.seed, verbose=False)
     module = BLDModule(model, variants, students, batches, options)
     dtype = next(model.parameters()).dtype
-    initial = _cast(module.trained(), dtype)  # exact: the start was built in this dtype
+    # exact: the start was built in this dtype
+    initial = {key: _cast(state, dtype) for key, state in module.trained().items()}
     matmul = torch.get_float32_matmul_precision()  # before / after NMSE both measured in it
     quiet_lightning()
     precision = {torch.bfloat16: "bf16-mixed", torch.float16: "16-mixed"}.get(dtype, "32-true")
@@ -418,7 +419,7 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
         torch.set_float32_matmul_precision(matmul)
     # rank 0 keeps (and saves) the fp32 masters; the others score in the parent's dtype
     kept_dtype = torch.float32 if ranks.zero else dtype
-    weights = _cast(module.trained(), kept_dtype)
+    weights = {key: _cast(state, kept_dtype) for key, state in module.trained().items()}
     for halves in module.students.values():
         # Lightning's teardown left the module on the CPU; measure the sub-blocks where the
         # parent is, as they are served and scored: in the parent's dtype
@@ -428,7 +429,7 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     for v, b, a in zip(variants, before, after, strict=True):
         kept = "trained" if a < b else "initial"
         if kept == "initial":
-            weights[v.key] = _cast({v.key: initial[v.key]}, kept_dtype)[v.key]
+            weights[v.key] = _cast(initial[v.key], kept_dtype)
         record.append({"layer": v.layer, "sub_block": v.half, "config": v.config.to_dict(),
                        "key": v.key, "nmse_init": b, "nmse_trained": a, "kept": kept})  # fmt: skip
     del trainer, module, students  # they refer to each other: collect them now
@@ -438,5 +439,5 @@ def _train_group(model, variants, passes, batches, heldout, options, work, resum
     return TrainedBlocks(weights, record)
 
 
-def _cast(weights: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype):
-    return {key: {n: v.to(dtype) for n, v in state.items()} for key, state in weights.items()}
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {name: value.to(dtype) for name, value in state.items()}

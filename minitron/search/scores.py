@@ -157,10 +157,11 @@ def replace_one_block_scores(
                     loss[layer][v] += sums[1]
                     agree[layer][v] += sums[2]
                     advance(1)
-    width = sum(len(row) for row in shape)
-    flat = ranks.sum([*_flat(kl), *_flat(loss), *_flat(agree), parent_loss, tokens], device)
-    kl, loss, agree = (_rows(flat[i * width : (i + 1) * width], shape) for i in range(3))
-    parent_loss, tokens = flat[-2], int(flat[-1])
+    flat = ranks.sum([x for rows in (kl, loss, agree) for row in rows for x in row]
+                     + [parent_loss, tokens], device)  # fmt: skip
+    summed = iter(flat)
+    kl, loss, agree = ([[next(summed) for _ in row] for row in shape] for _ in range(3))
+    parent_loss, tokens = next(summed), int(next(summed))
     parent = parent_loss / tokens
     return Scores(
         kl=[[k / tokens for k in row] for row in kl],
@@ -170,15 +171,3 @@ def replace_one_block_scores(
         tokens=tokens,
         calibration={name: cal.record for name, cal in passes.items()},
     )
-
-
-def _flat(rows: list[list[float]]) -> list[float]:
-    return [x for row in rows for x in row]
-
-
-def _rows(flat: list[float], shape: list[list[float]]) -> list[list[float]]:
-    out, start = [], 0
-    for row in shape:
-        out.append(flat[start : start + len(row)])
-        start += len(row)
-    return out
